@@ -1,0 +1,146 @@
+//! In-place elementwise kernels: scale by a factor, clamp to [lo, hi].
+//!
+//! Both work in the storage dtype's lane: f32/f64 directly, f16/bf16 widened to f32 in stack
+//! blocks and rounded back to nearest-even, so each element is rounded exactly once.
+
+use crate::element::{Element, Lane};
+use crate::isa::Isa;
+
+/// x <- x * factor, with `factor` rounded to the lane (f32 for f32/f16/bf16, as torch and Paddle
+/// multiply by a scale cast to the grad's dtype).
+pub fn scale<E: Element>(x: &mut [E], factor: f64, isa: Isa) {
+    let f = <E::Lane as Lane>::from_f64(factor);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { scale_avx512(x, f) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { scale_avx2(x, f) },
+        _ => scale_body(x, f),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn scale_avx512<E: Element>(x: &mut [E], f: E::Lane) {
+    scale_body(x, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn scale_avx2<E: Element>(x: &mut [E], f: E::Lane) {
+    scale_body(x, f)
+}
+
+#[inline(always)]
+fn scale_body<E: Element>(x: &mut [E], f: E::Lane) {
+    E::map_lane_blocks(x, |b| {
+        for v in b.iter_mut() {
+            *v = v.mul(f);
+        }
+    });
+}
+
+/// x <- lo if x < lo, hi if x > hi, else x (NaN stays NaN). The bounds are first rounded to the
+/// storage dtype (Paddle's `Scalar.to<T>()`), so a clamped element equals the rounded bound
+/// exactly. The caller guarantees lo <= hi after that rounding.
+pub fn clamp<E: Element>(x: &mut [E], lo: f64, hi: f64, isa: Isa) {
+    let (lo, hi) = (E::bound(lo), E::bound(hi));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { clamp_avx512(x, lo, hi) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { clamp_avx2(x, lo, hi) },
+        _ => clamp_body(x, lo, hi),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn clamp_avx512<E: Element>(x: &mut [E], lo: E::Lane, hi: E::Lane) {
+    clamp_body(x, lo, hi)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn clamp_avx2<E: Element>(x: &mut [E], lo: E::Lane, hi: E::Lane) {
+    clamp_body(x, lo, hi)
+}
+
+#[inline(always)]
+fn clamp_body<E: Element>(x: &mut [E], lo: E::Lane, hi: E::Lane) {
+    E::map_lane_blocks(x, |b| {
+        for v in b.iter_mut() {
+            let a = *v;
+            *v = if a < lo {
+                lo
+            } else if a > hi {
+                hi
+            } else {
+                a
+            };
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    fn data(n: usize) -> Vec<f64> {
+        (0..n).map(|i| ((i * 7919) % 1000) as f64 / 100.0 - 5.0).collect()
+    }
+
+    #[test]
+    fn scale_matches_scalar_bitwise() {
+        for isa in Isa::available() {
+            let x = data(1037);
+            let mut a: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let mut b: Vec<f64> = x.clone();
+            let mut c: Vec<f16> = x.iter().map(|&v| f16::from_f64(v)).collect();
+            let mut d: Vec<bf16> = x.iter().map(|&v| bf16::from_f64(v)).collect();
+            let (a0, c0, d0) = (a.clone(), c.clone(), d.clone());
+            let k = 0.123456789;
+            scale(&mut a, k, isa);
+            scale(&mut b, k, isa);
+            scale(&mut c, k, isa);
+            scale(&mut d, k, isa);
+            for i in 0..x.len() {
+                assert_eq!(a[i].to_bits(), (a0[i] * k as f32).to_bits());
+                assert_eq!(b[i].to_bits(), (x[i] * k).to_bits());
+                assert_eq!(c[i], f16::from_f32(c0[i].to_f32() * k as f32));
+                assert_eq!(d[i], bf16::from_f32(d0[i].to_f32() * k as f32));
+            }
+        }
+    }
+
+    #[test]
+    fn clamp_matches_scalar_and_keeps_nan() {
+        for isa in Isa::available() {
+            let mut x: Vec<f32> = data(1000).iter().map(|&v| v as f32).collect();
+            x[3] = f32::NAN;
+            x[4] = f32::INFINITY;
+            x[5] = f32::NEG_INFINITY;
+            x[6] = -0.0;
+            let x0 = x.clone();
+            clamp(&mut x, -0.1, 0.1, isa);
+            let (lo, hi) = (-0.1f64 as f32, 0.1f64 as f32);
+            for i in 0..x.len() {
+                let want = if x0[i] < lo {
+                    lo
+                } else if x0[i] > hi {
+                    hi
+                } else {
+                    x0[i]
+                };
+                assert_eq!(x[i].to_bits(), want.to_bits(), "{i} {isa:?}");
+            }
+            assert!(x[3].is_nan());
+            let mut h: Vec<f16> = vec![f16::from_f32(3.0), f16::from_f32(-70000.0), f16::NAN];
+            clamp(&mut h, -1.0, 0.1, isa);
+            assert_eq!(h[0], f16::from_f64(0.1));
+            assert_eq!(h[1], f16::from_f32(-1.0));
+            assert!(h[2].is_nan());
+        }
+    }
+}

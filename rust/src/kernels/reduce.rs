@@ -1,0 +1,409 @@
+//! Reductions over one slice: sum of |x|^p (p = 1, 2 or any p > 0) and max |x|.
+//!
+//! Accumulation is always in f64. For f32/f16/bf16 input that alone makes overflow and
+//! underflow impossible for p <= 2 (|x|^2 <= 1.2e77, min subnormal^2 ~ 2e-90). For f64 input a
+//! plain f64 sum can overflow (entries ~1e200) or underflow (entries ~1e-200), so a chunk whose
+//! fast sum is not safely in range is redone scaled by an exact power of two 2^-e chosen from
+//! its max |x| (Blue's / LAPACK nrm2 idea, but paid for only when needed). A partial is then the
+//! pair (e, s) with value (2^e)^p * s, and partials combine exactly in a fixed order.
+//!
+//! NaN anywhere gives NaN; +-inf gives +inf (for p-norms) as torch does.
+
+use crate::element::{Element, Lane};
+use crate::isa::Isa;
+
+/// Independent accumulators per loop: breaks the add dependency chain (Rust never
+/// reassociates floats, so this is what lets the loop vectorize) and fixes the summation order,
+/// which is therefore the same on every ISA.
+const LANES: usize = 16;
+
+/// A fast sum below this (2^-900) may have lost terms to underflow: redo it scaled.
+const SAFE_MIN: f64 = 1.1754943508222875e-271; // 2^-900
+
+/// Which norm: `P(p)` for sum |x|^p (p > 0, finite), `Inf` for max |x|.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NormType {
+    P(f64),
+    Inf,
+}
+
+impl NormType {
+    /// `p` as given by a user: `inf` is the max norm; p must be > 0 and not NaN.
+    pub fn new(p: f64) -> Option<NormType> {
+        if p == f64::INFINITY {
+            Some(NormType::Inf)
+        } else if p > 0.0 && p.is_finite() {
+            Some(NormType::P(p))
+        } else {
+            None
+        }
+    }
+}
+
+/// The partial norm of some elements: for `P(p)`, the value sum |x|^p = (2^exp)^p * sum;
+/// for `Inf`, max |x| = sum (exp is 0). NaN propagates through `sum`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Partial {
+    pub exp: i32,
+    pub sum: f64,
+}
+
+impl Partial {
+    pub const ZERO: Partial = Partial { exp: 0, sum: 0.0 };
+
+    fn plain(sum: f64) -> Partial {
+        Partial { exp: 0, sum }
+    }
+
+    /// Combine two partials. Exact up to one rounding of the sum, and order-sensitive only
+    /// through that rounding: callers combine in a fixed order.
+    pub fn combine(self, other: Partial, norm: NormType) -> Partial {
+        match norm {
+            NormType::Inf => {
+                let m = if self.sum.is_nan() || other.sum.is_nan() {
+                    f64::NAN
+                } else {
+                    self.sum.max(other.sum)
+                };
+                Partial::plain(m)
+            }
+            NormType::P(p) => {
+                if self.sum.is_nan() || other.sum.is_nan() {
+                    return Partial::plain(f64::NAN);
+                }
+                if self.sum == f64::INFINITY || other.sum == f64::INFINITY {
+                    return Partial::plain(f64::INFINITY);
+                }
+                if other.sum == 0.0 {
+                    return self;
+                }
+                if self.sum == 0.0 {
+                    return other;
+                }
+                if self.exp == other.exp {
+                    return Partial { exp: self.exp, sum: self.sum + other.sum };
+                }
+                let exp = self.exp.max(other.exp);
+                let rescale = |q: Partial| q.sum * pow2_f((q.exp - exp) as f64 * p);
+                Partial { exp, sum: rescale(self) + rescale(other) }
+            }
+        }
+    }
+
+    /// The norm this partial stands for: (2^exp) * sum^(1/p), or max |x|.
+    pub fn norm(self, norm: NormType) -> f64 {
+        match norm {
+            NormType::Inf => self.sum,
+            NormType::P(p) => {
+                let root = if p == 2.0 {
+                    self.sum.sqrt()
+                } else if p == 1.0 {
+                    self.sum
+                } else {
+                    self.sum.powf(1.0 / p)
+                };
+                ldexp(root, self.exp)
+            }
+        }
+    }
+}
+
+/// x * 2^e for any e in [-2200, 2200], exact when the result is normal.
+pub fn ldexp(x: f64, e: i32) -> f64 {
+    let half = e / 2;
+    x * pow2_i(half) * pow2_i(e - half)
+}
+
+/// 2^e as f64 for e in [-1074, 1023]; 0 or inf outside.
+fn pow2_i(e: i32) -> f64 {
+    if e > 1023 {
+        f64::INFINITY
+    } else if e >= -1022 {
+        f64::from_bits(((e + 1023) as u64) << 52)
+    } else if e >= -1074 {
+        f64::from_bits(1u64 << (e + 1074))
+    } else {
+        0.0
+    }
+}
+
+/// 2^k for real k, exact when k is an integer in range.
+fn pow2_f(k: f64) -> f64 {
+    if k == k.trunc() && k.abs() < 4000.0 {
+        let k = k as i32;
+        let half = k / 2;
+        pow2_i(half) * pow2_i(k - half)
+    } else {
+        k.exp2()
+    }
+}
+
+/// The binary exponent e of a finite non-zero m: m = f * 2^e with f in [0.5, 1).
+fn frexp_exp(m: f64) -> i32 {
+    let bits = m.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    if biased == 0 {
+        // subnormal: normalize first
+        frexp_exp(m * pow2_i(64)) - 64
+    } else {
+        biased - 1022
+    }
+}
+
+/// The partial p-norm (or max) of one slice, computed with the given ISA.
+pub fn partial_norm<E: Element>(x: &[E], norm: NormType, isa: Isa) -> Partial {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { partial_norm_avx512(x, norm) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { partial_norm_avx2(x, norm) },
+        _ => partial_norm_body(x, norm),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn partial_norm_avx512<E: Element>(x: &[E], norm: NormType) -> Partial {
+    partial_norm_body(x, norm)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn partial_norm_avx2<E: Element>(x: &[E], norm: NormType) -> Partial {
+    partial_norm_body(x, norm)
+}
+
+#[inline(always)]
+fn partial_norm_body<E: Element>(x: &[E], norm: NormType) -> Partial {
+    let p = match norm {
+        NormType::Inf => return Partial::plain(max_abs(x)),
+        NormType::P(p) => p,
+    };
+    let fast = sum_pow(x, p);
+    if fast.is_finite() && fast >= SAFE_MIN {
+        return Partial::plain(fast);
+    }
+    if fast.is_nan() {
+        return Partial::plain(f64::NAN);
+    }
+    // Zero, possibly underflowed, or overflowed: look at the largest magnitude.
+    let m = max_abs(x);
+    if m.is_nan() {
+        return Partial::plain(f64::NAN);
+    }
+    if m == 0.0 {
+        return Partial::ZERO;
+    }
+    if m.is_infinite() {
+        return Partial::plain(f64::INFINITY);
+    }
+    let exp = frexp_exp(m);
+    Partial { exp, sum: sum_pow_scaled(x, p, exp) }
+}
+
+/// sum |x|^p in f64.
+#[inline(always)]
+fn sum_pow<E: Element>(x: &[E], p: f64) -> f64 {
+    let mut total = 0.0;
+    E::for_lane_blocks(x, |b| {
+        total += if p == 2.0 {
+            sum_lanes(b, |v| v * v)
+        } else if p == 1.0 {
+            sum_lanes(b, f64::abs)
+        } else {
+            sum_lanes(b, |v| v.abs().powf(p))
+        }
+    });
+    total
+}
+
+/// sum (|x| * 2^-e)^p in f64: exact power-of-two scaling, applied in two steps so that
+/// 2^-e itself never overflows (e ranges over [-1073, 1024]).
+#[inline(always)]
+fn sum_pow_scaled<E: Element>(x: &[E], p: f64, e: i32) -> f64 {
+    let s1 = pow2_i(-(e / 2));
+    let s2 = pow2_i(-(e - e / 2));
+    let mut total = 0.0;
+    E::for_lane_blocks(x, |b| {
+        total += if p == 2.0 {
+            sum_lanes(b, |v| {
+                let v = v * s1 * s2;
+                v * v
+            })
+        } else {
+            sum_lanes(b, |v| (v.abs() * s1 * s2).powf(p))
+        }
+    });
+    total
+}
+
+/// sum f(x as f64) with LANES accumulators combined in a fixed tree order.
+#[inline(always)]
+fn sum_lanes<L: Lane>(x: &[L], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            acc[j] += f(c[j].wide());
+        }
+    }
+    let mut tail = 0.0;
+    for &v in chunks.remainder() {
+        tail += f(v.wide());
+    }
+    let mut width = LANES / 2;
+    while width > 0 {
+        for j in 0..width {
+            acc[j] += acc[j + width];
+        }
+        width /= 2;
+    }
+    acc[0] + tail
+}
+
+/// max |x| as f64; NaN if any element is NaN (a NaN, once seen, is never replaced).
+#[inline(always)]
+fn max_abs<E: Element>(x: &[E]) -> f64 {
+    let mut m = f64::NEG_INFINITY;
+    let mut seen = false;
+    E::for_lane_blocks(x, |b| {
+        seen |= !b.is_empty();
+        let bm = max_abs_lanes(b);
+        m = if bm.is_nan() || m.is_nan() { f64::NAN } else { m.max(bm) };
+    });
+    if seen { m } else { 0.0 }
+}
+
+#[inline(always)]
+fn max_abs_lanes<L: Lane>(x: &[L]) -> f64 {
+    let mut acc = [L::ZERO; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            let a = c[j].abs();
+            // `a > m || a is NaN` keeps a NaN sticky: nothing compares greater than NaN.
+            acc[j] = if a > acc[j] || a.is_nan() { a } else { acc[j] };
+        }
+    }
+    let mut m = L::ZERO;
+    for &v in acc.iter().chain(chunks.remainder()) {
+        let a = v.abs();
+        m = if a > m || a.is_nan() { a } else { m };
+    }
+    if m.is_nan() { f64::NAN } else { m.wide() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    fn reference(x: &[f64], p: f64) -> f64 {
+        // naive, in f64 over exactly representable test data
+        if p.is_infinite() {
+            return x.iter().fold(0.0, |m, v| if v.is_nan() || m.is_nan() { f64::NAN } else { m.max(v.abs()) });
+        }
+        x.iter().map(|v| v.abs().powf(p)).sum::<f64>().powf(1.0 / p)
+    }
+
+    fn data(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 11) as f64 / (1u64 << 53) as f64) * 8.0 - 4.0
+            })
+            .collect()
+    }
+
+    fn norm_of<E: Element>(x: &[E], p: f64, isa: Isa) -> f64 {
+        let n = NormType::new(p).unwrap();
+        partial_norm(x, n, isa).norm(n)
+    }
+
+    #[test]
+    fn matches_reference_every_isa_and_dtype() {
+        for n in [0usize, 1, 7, 16, 17, 100, 4097, 10_000] {
+            let x = data(n, n as u64);
+            let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let x16: Vec<f16> = x.iter().map(|&v| f16::from_f64(v)).collect();
+            let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f64(v)).collect();
+            for p in [1.0, 2.0, 3.0, 0.5, f64::INFINITY] {
+                let r64 = reference(&x, p);
+                let r32 = reference(&x32.iter().map(|&v| v as f64).collect::<Vec<_>>(), p);
+                let r16 = reference(&x16.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), p);
+                let rb = reference(&xb.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), p);
+                let first = norm_of(&x, p, Isa::Baseline);
+                for isa in Isa::available() {
+                    let got = norm_of(&x, p, isa);
+                    assert_eq!(got.to_bits(), first.to_bits(), "ISAs must agree bitwise");
+                    for (g, r) in [
+                        (got, r64),
+                        (norm_of(&x32, p, isa), r32),
+                        (norm_of(&x16, p, isa), r16),
+                        (norm_of(&xb, p, isa), rb),
+                    ] {
+                        assert!((g - r).abs() <= 1e-12 * r.abs(), "n={n} p={p} {isa:?}: {g} vs {r}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f64_does_not_overflow_or_underflow() {
+        for isa in Isa::available() {
+            for scale in [1e200, 1e-200, 1e300, 1e-300, 1e-320, f64::MAX] {
+                let x = vec![scale, scale, -scale, scale];
+                let got = norm_of(&x, 2.0, isa);
+                let want = 2.0 * scale;
+                assert!(
+                    (got - want).abs() <= 1e-15 * want || (scale == f64::MAX && got.is_infinite()),
+                    "{scale}: {got} vs {want}"
+                );
+                let got1 = norm_of(&x[..2], 1.0, isa);
+                assert!((got1 - 2.0 * scale).abs() <= 1e-15 * 2.0 * scale || scale == f64::MAX);
+            }
+            // the true norm of [MAX, MAX] overflows: inf is the right answer
+            assert_eq!(norm_of(&[f64::MAX, f64::MAX], 2.0, isa), f64::INFINITY);
+            // 3-4-5 at extreme scales
+            let n = norm_of(&[3e-310, 4e-310], 2.0, isa);
+            assert!((n - 5e-310).abs() <= 1e-323, "{n}");
+            let n = norm_of(&[3e300, 4e300], 2.0, isa);
+            assert!((n - 5e300).abs() <= 1e285, "{n}");
+        }
+    }
+
+    #[test]
+    fn nan_and_inf() {
+        for isa in Isa::available() {
+            let mut x = data(1000, 3);
+            x[500] = f64::NAN;
+            for p in [1.0, 2.0, 2.5, f64::INFINITY] {
+                assert!(norm_of(&x, p, isa).is_nan(), "p={p}");
+            }
+            x[500] = f64::INFINITY;
+            x[10] = f64::NEG_INFINITY;
+            for p in [1.0, 2.0, 2.5, f64::INFINITY] {
+                assert_eq!(norm_of(&x, p, isa), f64::INFINITY, "p={p}");
+            }
+            // NaN after an inf and the other way round
+            let y = [f32::INFINITY, f32::NAN, 1.0];
+            assert!(norm_of(&y, 2.0, isa).is_nan());
+            assert!(norm_of(&y, f64::INFINITY, isa).is_nan());
+            let y = [f32::NAN, f32::INFINITY];
+            assert!(norm_of(&y, f64::INFINITY, isa).is_nan());
+        }
+    }
+
+    #[test]
+    fn partials_combine_exactly() {
+        let n = NormType::P(2.0);
+        let a = partial_norm(&[1e200f64, 1e200], n, Isa::Baseline);
+        let b = partial_norm(&[1.0f64], n, Isa::Baseline);
+        let c = a.combine(b, n);
+        assert!((c.norm(n) - 2f64.sqrt() * 1e200).abs() < 1e186);
+        let z = Partial::ZERO.combine(b, n);
+        assert_eq!(z.norm(n), 1.0);
+    }
+}

@@ -1,0 +1,19 @@
+//! fastclip's Rust core: exact multi-tensor norms and in-place clipping.
+//!
+//! Layers (data flows down):
+//! - [`element`]: the storage dtypes (f32, f64, f16, bf16) and the lane type each computes in;
+//! - [`kernels`]: pure per-slice kernels (reductions, scale, clamp) with one generic body each,
+//!   compiled once per ISA and chosen at run time ([`isa`]);
+//! - [`multi`]: the multi-tensor engine, the only place that decides threading;
+//! - [`strided`]: gather/scatter for non-contiguous buffers;
+//! - `python` (feature `python`): the thin PyO3 binding. Nothing above it knows Python.
+
+pub mod element;
+pub mod isa;
+pub mod kernels;
+pub mod multi;
+pub mod optim;
+pub mod strided;
+
+#[cfg(feature = "python")]
+mod python;

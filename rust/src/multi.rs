@@ -1,0 +1,291 @@
+//! The multi-tensor engine: many gradient buffers, one pass, fixed chunks, ordered combine.
+//!
+//! Every tensor is cut into chunks of [`CHUNK`] elements. Chunk boundaries depend only on the
+//! tensor sizes, never on the thread count; each chunk's partial is computed independently and
+//! the partials are combined serially in (tensor, chunk) order. Results are therefore bitwise
+//! identical for any `RAYON_NUM_THREADS`. Work under [`PARALLEL_MIN`] elements runs on the
+//! calling thread; above it, consecutive small chunks are batched into tasks of about
+//! [`TASK`] elements so that thousands of tiny tensors cost a handful of rayon jobs.
+//!
+//! This module is the only place that decides threading.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::element::Element;
+use crate::isa::{self, Isa};
+use crate::kernels::{self, NormType, Partial};
+
+/// Elements per chunk: the unit of determinism (64 KiB..256 KiB of data, L2-resident).
+pub const CHUNK: usize = 1 << 15;
+/// Below this many elements in one call, threads cost more than they save.
+pub const PARALLEL_MIN: usize = 1 << 18;
+/// Target elements per rayon task when batching small chunks.
+pub const TASK: usize = 1 << 16;
+
+/// A read-only gradient buffer of any supported dtype.
+#[derive(Clone, Copy, Debug)]
+pub enum Tensor<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    F16(&'a [f16]),
+    BF16(&'a [bf16]),
+}
+
+/// A mutable gradient buffer of any supported dtype.
+#[derive(Debug)]
+pub enum TensorMut<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
+    F16(&'a mut [f16]),
+    BF16(&'a mut [bf16]),
+}
+
+macro_rules! each_dtype {
+    ($t:expr, $ty:ident, $x:ident => $body:expr) => {
+        match $t {
+            $ty::F32($x) => $body,
+            $ty::F64($x) => $body,
+            $ty::F16($x) => $body,
+            $ty::BF16($x) => $body,
+        }
+    };
+}
+
+impl<'a> Tensor<'a> {
+    pub fn len(&self) -> usize {
+        each_dtype!(self, Tensor, x => x.len())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn slice(&self, start: usize, end: usize) -> Tensor<'a> {
+        match *self {
+            Tensor::F32(x) => Tensor::F32(&x[start..end]),
+            Tensor::F64(x) => Tensor::F64(&x[start..end]),
+            Tensor::F16(x) => Tensor::F16(&x[start..end]),
+            Tensor::BF16(x) => Tensor::BF16(&x[start..end]),
+        }
+    }
+    fn partial(&self, norm: NormType, isa: Isa) -> Partial {
+        each_dtype!(self, Tensor, x => kernels::partial_norm(x, norm, isa))
+    }
+}
+
+impl<'a> TensorMut<'a> {
+    pub fn len(&self) -> usize {
+        each_dtype!(self, TensorMut, x => x.len())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn as_tensor(&self) -> Tensor<'_> {
+        match self {
+            TensorMut::F32(x) => Tensor::F32(x),
+            TensorMut::F64(x) => Tensor::F64(x),
+            TensorMut::F16(x) => Tensor::F16(x),
+            TensorMut::BF16(x) => Tensor::BF16(x),
+        }
+    }
+    /// Split into chunks of at most `n` elements, in order.
+    fn into_chunks(self, n: usize) -> Vec<TensorMut<'a>> {
+        match self {
+            TensorMut::F32(x) => x.chunks_mut(n).map(TensorMut::F32).collect(),
+            TensorMut::F64(x) => x.chunks_mut(n).map(TensorMut::F64).collect(),
+            TensorMut::F16(x) => x.chunks_mut(n).map(TensorMut::F16).collect(),
+            TensorMut::BF16(x) => x.chunks_mut(n).map(TensorMut::BF16).collect(),
+        }
+    }
+}
+
+/// The result of one norm pass: each tensor's norm and the norm of all of them together.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Norms {
+    pub per_tensor: Vec<f64>,
+    pub total: f64,
+}
+
+/// Group consecutive items (by size) into tasks of about `TASK` elements: ranges of item indices.
+fn batch(sizes: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+    let mut tasks = Vec::new();
+    let (mut start, mut acc, mut i) = (0, 0, 0);
+    for n in sizes {
+        acc += n.max(64); // an item costs something even when tiny
+        i += 1;
+        if acc >= TASK {
+            tasks.push(start..i);
+            start = i;
+            acc = 0;
+        }
+    }
+    if start < i {
+        tasks.push(start..i);
+    }
+    tasks
+}
+
+/// Run `f` over `items`, on this thread when `total` is small, otherwise batched on rayon.
+/// Returns outputs in item order.
+fn run<I: Send, O: Send>(items: Vec<I>, total: usize, size: impl Fn(&I) -> usize, f: impl Fn(I) -> O + Sync) -> Vec<O> {
+    if total < PARALLEL_MIN || rayon::current_num_threads() <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let tasks = batch(items.iter().map(&size));
+    let mut groups: Vec<Vec<I>> = Vec::with_capacity(tasks.len());
+    let mut it = items.into_iter();
+    for r in tasks {
+        groups.push(it.by_ref().take(r.len()).collect());
+    }
+    groups
+        .into_par_iter()
+        .map(|g| g.into_iter().map(&f).collect::<Vec<O>>())
+        .collect::<Vec<Vec<O>>>()
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Every tensor's norm and the total norm, in one pass. `per_tensor` may be skipped (empty).
+///
+/// total = (sum_i sum_j |x_ij|^p)^(1/p), or max_ij |x_ij| for `Inf`; NaN if any element is NaN.
+pub fn norms(tensors: &[Tensor<'_>], norm: NormType, per_tensor: bool) -> Norms {
+    norms_with(tensors, norm, per_tensor, isa::current())
+}
+
+pub fn norms_with(tensors: &[Tensor<'_>], norm: NormType, per_tensor: bool, isa: Isa) -> Norms {
+    let mut items = Vec::new();
+    let mut owner = Vec::new();
+    let mut total_len = 0;
+    for (i, t) in tensors.iter().enumerate() {
+        let n = t.len();
+        total_len += n;
+        let mut start = 0;
+        while start < n {
+            let end = (start + CHUNK).min(n);
+            items.push(t.slice(start, end));
+            owner.push(i);
+            start = end;
+        }
+    }
+    let partials = run(items, total_len, Tensor::len, |t| t.partial(norm, isa));
+    let mut each = vec![Partial::ZERO; tensors.len()];
+    for (p, &i) in partials.iter().zip(&owner) {
+        each[i] = each[i].combine(*p, norm);
+    }
+    let total = each.iter().fold(Partial::ZERO, |acc, p| acc.combine(*p, norm)).norm(norm);
+    let per_tensor = if per_tensor { each.iter().map(|p| p.norm(norm)).collect() } else { Vec::new() };
+    Norms { per_tensor, total }
+}
+
+/// An in-place elementwise operation.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    /// x <- x * factor
+    Scale(f64),
+    /// x <- clamp(x, lo, hi), NaN kept
+    Clamp(f64, f64),
+}
+
+fn apply(t: TensorMut<'_>, op: Op, isa: Isa) {
+    fn go<E: Element>(x: &mut [E], op: Op, isa: Isa) {
+        match op {
+            Op::Scale(f) => kernels::scale(x, f, isa),
+            Op::Clamp(lo, hi) => kernels::clamp(x, lo, hi, isa),
+        }
+    }
+    each_dtype!(t, TensorMut, x => go(x, op, isa))
+}
+
+/// Apply `ops[i]` to `tensors[i]` in place, in parallel where it pays. A scale by exactly 1 is
+/// skipped (x * 1 == x).
+pub fn apply_each(tensors: Vec<TensorMut<'_>>, ops: &[Op]) {
+    apply_each_with(tensors, ops, isa::current())
+}
+
+pub fn apply_each_with(tensors: Vec<TensorMut<'_>>, ops: &[Op], isa: Isa) {
+    assert_eq!(tensors.len(), ops.len(), "one op per tensor");
+    let mut items = Vec::new();
+    let mut total_len = 0;
+    for (t, &op) in tensors.into_iter().zip(ops) {
+        if matches!(op, Op::Scale(f) if f == 1.0) || t.is_empty() {
+            continue;
+        }
+        total_len += t.len();
+        items.extend(t.into_chunks(CHUNK).into_iter().map(|c| (c, op)));
+    }
+    run(items, total_len, |(t, _)| t.len(), |(t, op)| apply(t, op, isa));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn with_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap().install(f)
+    }
+
+    #[test]
+    fn bitwise_identical_for_any_thread_count() {
+        let sizes = [3usize, 1 << 20, 5000, 0, CHUNK + 1, 77, 3 * CHUNK];
+        let bufs: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(i, &n)| data(n, i as u64 + 1)).collect();
+        let b64: Vec<Vec<f64>> = bufs.iter().map(|b| b.iter().map(|&v| v as f64 * 1e150).collect()).collect();
+        let mut tensors: Vec<Tensor> = bufs.iter().map(|b| Tensor::F32(b)).collect();
+        tensors.extend(b64.iter().map(|b| Tensor::F64(b)));
+        for norm in [NormType::P(2.0), NormType::P(1.0), NormType::Inf, NormType::P(3.0)] {
+            let one = with_threads(1, || norms(&tensors, norm, true));
+            for threads in [2, 3, 8] {
+                let many = with_threads(threads, || norms(&tensors, norm, true));
+                assert_eq!(one.total.to_bits(), many.total.to_bits(), "{norm:?} {threads}");
+                for (a, b) in one.per_tensor.iter().zip(&many.per_tensor) {
+                    assert_eq!(a.to_bits(), b.to_bits());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn total_is_the_norm_of_the_per_tensor_norms() {
+        let bufs: Vec<Vec<f32>> = (0..50).map(|i| data(1000 + i * 997, i as u64 + 9)).collect();
+        let tensors: Vec<Tensor> = bufs.iter().map(|b| Tensor::F32(b)).collect();
+        let r = norms(&tensors, NormType::P(2.0), true);
+        let flat: f64 = bufs.iter().flatten().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+        assert!((r.total - flat).abs() <= 1e-12 * flat);
+        for (b, n) in bufs.iter().zip(&r.per_tensor) {
+            let want = b.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+            assert!((n - want).abs() <= 1e-12 * want);
+        }
+        let empty = norms(&[], NormType::P(2.0), true);
+        assert_eq!(empty.total, 0.0);
+    }
+
+    #[test]
+    fn apply_is_thread_count_independent_and_exact() {
+        let base: Vec<Vec<f32>> = (0..20).map(|i| data(30_000 + i * 1000, i as u64 + 5)).collect();
+        let run_with = |threads| {
+            let mut bufs = base.clone();
+            let ops: Vec<Op> = (0..bufs.len()).map(|i| if i % 2 == 0 { Op::Scale(0.37) } else { Op::Clamp(-0.5, 0.25) }).collect();
+            with_threads(threads, || apply_each(bufs.iter_mut().map(|b| TensorMut::F32(b)).collect(), &ops));
+            bufs
+        };
+        let one = run_with(1);
+        assert_eq!(one, run_with(4));
+        for (i, (a, b)) in one.iter().zip(&base).enumerate() {
+            for (x, y) in a.iter().zip(b) {
+                let want = if i % 2 == 0 { y * 0.37f32 } else { y.clamp(-0.5, 0.25) };
+                assert_eq!(x.to_bits(), want.to_bits());
+            }
+        }
+    }
+}
