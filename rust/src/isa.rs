@@ -59,7 +59,11 @@ pub fn current() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
         let best = *Isa::available().last().unwrap_or(&Isa::Baseline);
-        match std::env::var("FASTCLIP_ISA").ok().as_deref().and_then(Isa::parse) {
+        match std::env::var("FASTCLIP_ISA")
+            .ok()
+            .as_deref()
+            .and_then(Isa::parse)
+        {
             Some(wanted) => best.min(wanted),
             None => best,
         }

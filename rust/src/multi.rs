@@ -126,7 +126,12 @@ fn batch(sizes: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
 
 /// Run `f` over `items`, on this thread when `total` is small, otherwise batched on rayon.
 /// Returns outputs in item order.
-fn run<I: Send, O: Send>(items: Vec<I>, total: usize, size: impl Fn(&I) -> usize, f: impl Fn(I) -> O + Sync) -> Vec<O> {
+fn run<I: Send, O: Send>(
+    items: Vec<I>,
+    total: usize,
+    size: impl Fn(&I) -> usize,
+    f: impl Fn(I) -> O + Sync,
+) -> Vec<O> {
     if total < PARALLEL_MIN || rayon::current_num_threads() <= 1 {
         return items.into_iter().map(f).collect();
     }
@@ -172,8 +177,15 @@ pub fn norms_with(tensors: &[Tensor<'_>], norm: NormType, per_tensor: bool, isa:
     for (p, &i) in partials.iter().zip(&owner) {
         each[i] = each[i].combine(*p, norm);
     }
-    let total = each.iter().fold(Partial::ZERO, |acc, p| acc.combine(*p, norm)).norm(norm);
-    let per_tensor = if per_tensor { each.iter().map(|p| p.norm(norm)).collect() } else { Vec::new() };
+    let total = each
+        .iter()
+        .fold(Partial::ZERO, |acc, p| acc.combine(*p, norm))
+        .norm(norm);
+    let per_tensor = if per_tensor {
+        each.iter().map(|p| p.norm(norm)).collect()
+    } else {
+        Vec::new()
+    };
     Norms { per_tensor, total }
 }
 
@@ -213,7 +225,12 @@ pub fn apply_each_with(tensors: Vec<TensorMut<'_>>, ops: &[Op], isa: Isa) {
         total_len += t.len();
         items.extend(t.into_chunks(CHUNK).into_iter().map(|c| (c, op)));
     }
-    run(items, total_len, |(t, _)| t.len(), |(t, op)| apply(t, op, isa));
+    run(
+        items,
+        total_len,
+        |(t, _)| t.len(),
+        |(t, op)| apply(t, op, isa),
+    );
 }
 
 #[cfg(test)]
@@ -233,21 +250,41 @@ mod tests {
     }
 
     fn with_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap().install(f)
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+            .install(f)
     }
 
     #[test]
     fn bitwise_identical_for_any_thread_count() {
         let sizes = [3usize, 1 << 20, 5000, 0, CHUNK + 1, 77, 3 * CHUNK];
-        let bufs: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(i, &n)| data(n, i as u64 + 1)).collect();
-        let b64: Vec<Vec<f64>> = bufs.iter().map(|b| b.iter().map(|&v| v as f64 * 1e150).collect()).collect();
+        let bufs: Vec<Vec<f32>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| data(n, i as u64 + 1))
+            .collect();
+        let b64: Vec<Vec<f64>> = bufs
+            .iter()
+            .map(|b| b.iter().map(|&v| v as f64 * 1e150).collect())
+            .collect();
         let mut tensors: Vec<Tensor> = bufs.iter().map(|b| Tensor::F32(b)).collect();
         tensors.extend(b64.iter().map(|b| Tensor::F64(b)));
-        for norm in [NormType::P(2.0), NormType::P(1.0), NormType::Inf, NormType::P(3.0)] {
+        for norm in [
+            NormType::P(2.0),
+            NormType::P(1.0),
+            NormType::Inf,
+            NormType::P(3.0),
+        ] {
             let one = with_threads(1, || norms(&tensors, norm, true));
             for threads in [2, 3, 8] {
                 let many = with_threads(threads, || norms(&tensors, norm, true));
-                assert_eq!(one.total.to_bits(), many.total.to_bits(), "{norm:?} {threads}");
+                assert_eq!(
+                    one.total.to_bits(),
+                    many.total.to_bits(),
+                    "{norm:?} {threads}"
+                );
                 for (a, b) in one.per_tensor.iter().zip(&many.per_tensor) {
                     assert_eq!(a.to_bits(), b.to_bits());
                 }
@@ -257,13 +294,24 @@ mod tests {
 
     #[test]
     fn total_is_the_norm_of_the_per_tensor_norms() {
-        let bufs: Vec<Vec<f32>> = (0..50).map(|i| data(1000 + i * 997, i as u64 + 9)).collect();
+        let bufs: Vec<Vec<f32>> = (0..50)
+            .map(|i| data(1000 + i * 997, i as u64 + 9))
+            .collect();
         let tensors: Vec<Tensor> = bufs.iter().map(|b| Tensor::F32(b)).collect();
         let r = norms(&tensors, NormType::P(2.0), true);
-        let flat: f64 = bufs.iter().flatten().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+        let flat: f64 = bufs
+            .iter()
+            .flatten()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum::<f64>()
+            .sqrt();
         assert!((r.total - flat).abs() <= 1e-12 * flat);
         for (b, n) in bufs.iter().zip(&r.per_tensor) {
-            let want = b.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+            let want = b
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt();
             assert!((n - want).abs() <= 1e-12 * want);
         }
         let empty = norms(&[], NormType::P(2.0), true);
@@ -272,18 +320,34 @@ mod tests {
 
     #[test]
     fn apply_is_thread_count_independent_and_exact() {
-        let base: Vec<Vec<f32>> = (0..20).map(|i| data(30_000 + i * 1000, i as u64 + 5)).collect();
+        let base: Vec<Vec<f32>> = (0..20)
+            .map(|i| data(30_000 + i * 1000, i as u64 + 5))
+            .collect();
         let run_with = |threads| {
             let mut bufs = base.clone();
-            let ops: Vec<Op> = (0..bufs.len()).map(|i| if i % 2 == 0 { Op::Scale(0.37) } else { Op::Clamp(-0.5, 0.25) }).collect();
-            with_threads(threads, || apply_each(bufs.iter_mut().map(|b| TensorMut::F32(b)).collect(), &ops));
+            let ops: Vec<Op> = (0..bufs.len())
+                .map(|i| {
+                    if i % 2 == 0 {
+                        Op::Scale(0.37)
+                    } else {
+                        Op::Clamp(-0.5, 0.25)
+                    }
+                })
+                .collect();
+            with_threads(threads, || {
+                apply_each(bufs.iter_mut().map(|b| TensorMut::F32(b)).collect(), &ops)
+            });
             bufs
         };
         let one = run_with(1);
         assert_eq!(one, run_with(4));
         for (i, (a, b)) in one.iter().zip(&base).enumerate() {
             for (x, y) in a.iter().zip(b) {
-                let want = if i % 2 == 0 { y * 0.37f32 } else { y.clamp(-0.5, 0.25) };
+                let want = if i % 2 == 0 {
+                    y * 0.37f32
+                } else {
+                    y.clamp(-0.5, 0.25)
+                };
                 assert_eq!(x.to_bits(), want.to_bits());
             }
         }

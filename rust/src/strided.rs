@@ -69,7 +69,9 @@ impl StridedView {
     /// As for [`gather`](Self::gather), and the memory must be writable.
     pub unsafe fn scatter<T: Copy>(&self, data: &[T]) {
         let mut it = data.iter();
-        self.for_each_offset(|off| unsafe { *(self.ptr.offset(off) as *mut T) = *it.next().unwrap() });
+        self.for_each_offset(|off| unsafe {
+            *(self.ptr.offset(off) as *mut T) = *it.next().unwrap()
+        });
     }
 
     /// The half-open byte range [lo, hi) the view touches, for overlap checks.
@@ -87,7 +89,10 @@ impl StridedView {
                 hi += span;
             }
         }
-        ((base as isize + lo) as usize, (base as isize + hi) as usize + itemsize)
+        (
+            (base as isize + lo) as usize,
+            (base as isize + hi) as usize + itemsize,
+        )
     }
 }
 
@@ -100,9 +105,16 @@ mod tests {
         // a 4x6 f64 array, viewed as [::-1, ::2] -> shape (4, 3)
         let mut a: Vec<f64> = (0..24).map(|v| v as f64).collect();
         let row = 6 * 8isize;
-        let view = StridedView { ptr: unsafe { (a.as_mut_ptr() as *mut u8).offset(3 * row) }, shape: vec![4, 3], strides: vec![-row, 16] };
+        let view = StridedView {
+            ptr: unsafe { (a.as_mut_ptr() as *mut u8).offset(3 * row) },
+            shape: vec![4, 3],
+            strides: vec![-row, 16],
+        };
         let got: Vec<f64> = unsafe { view.gather() };
-        assert_eq!(got, vec![18., 20., 22., 12., 14., 16., 6., 8., 10., 0., 2., 4.]);
+        assert_eq!(
+            got,
+            vec![18., 20., 22., 12., 14., 16., 6., 8., 10., 0., 2., 4.]
+        );
         let doubled: Vec<f64> = got.iter().map(|v| v * 2.0).collect();
         unsafe { view.scatter(&doubled) };
         assert_eq!(a[18], 36.0);

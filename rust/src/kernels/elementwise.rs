@@ -88,7 +88,9 @@ mod tests {
     use half::{bf16, f16};
 
     fn data(n: usize) -> Vec<f64> {
-        (0..n).map(|i| ((i * 7919) % 1000) as f64 / 100.0 - 5.0).collect()
+        (0..n)
+            .map(|i| ((i * 7919) % 1000) as f64 / 100.0 - 5.0)
+            .collect()
     }
 
     #[test]

@@ -81,11 +81,17 @@ impl Partial {
                     return other;
                 }
                 if self.exp == other.exp {
-                    return Partial { exp: self.exp, sum: self.sum + other.sum };
+                    return Partial {
+                        exp: self.exp,
+                        sum: self.sum + other.sum,
+                    };
                 }
                 let exp = self.exp.max(other.exp);
                 let rescale = |q: Partial| q.sum * pow2_f((q.exp - exp) as f64 * p);
-                Partial { exp, sum: rescale(self) + rescale(other) }
+                Partial {
+                    exp,
+                    sum: rescale(self) + rescale(other),
+                }
             }
         }
     }
@@ -198,7 +204,10 @@ fn partial_norm_body<E: Element>(x: &[E], norm: NormType) -> Partial {
         return Partial::plain(f64::INFINITY);
     }
     let exp = frexp_exp(m);
-    Partial { exp, sum: sum_pow_scaled(x, p, exp) }
+    Partial {
+        exp,
+        sum: sum_pow_scaled(x, p, exp),
+    }
 }
 
 /// sum |x|^p in f64.
@@ -269,7 +278,11 @@ fn max_abs<E: Element>(x: &[E]) -> f64 {
     E::for_lane_blocks(x, |b| {
         seen |= !b.is_empty();
         let bm = max_abs_lanes(b);
-        m = if bm.is_nan() || m.is_nan() { f64::NAN } else { m.max(bm) };
+        m = if bm.is_nan() || m.is_nan() {
+            f64::NAN
+        } else {
+            m.max(bm)
+        };
     });
     if seen { m } else { 0.0 }
 }
@@ -301,16 +314,26 @@ mod tests {
     fn reference(x: &[f64], p: f64) -> f64 {
         // naive, in f64 over exactly representable test data
         if p.is_infinite() {
-            return x.iter().fold(0.0, |m, v| if v.is_nan() || m.is_nan() { f64::NAN } else { m.max(v.abs()) });
+            return x.iter().fold(0.0, |m, v| {
+                if v.is_nan() || m.is_nan() {
+                    f64::NAN
+                } else {
+                    m.max(v.abs())
+                }
+            });
         }
         x.iter().map(|v| v.abs().powf(p)).sum::<f64>().powf(1.0 / p)
     }
 
     fn data(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 11) as f64 / (1u64 << 53) as f64) * 8.0 - 4.0
             })
             .collect()
@@ -343,7 +366,10 @@ mod tests {
                         (norm_of(&x16, p, isa), r16),
                         (norm_of(&xb, p, isa), rb),
                     ] {
-                        assert!((g - r).abs() <= 1e-12 * r.abs(), "n={n} p={p} {isa:?}: {g} vs {r}");
+                        assert!(
+                            (g - r).abs() <= 1e-12 * r.abs(),
+                            "n={n} p={p} {isa:?}: {g} vs {r}"
+                        );
                     }
                 }
             }

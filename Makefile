@@ -1,0 +1,56 @@
+# fastclip: the project's vocabulary. `make test` and `make demo` work on a fresh clone.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+export MATURIN_NO_INSTALL_RUST := 1
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+PYTHON ?= python3
+
+.PHONY: all venv build test lint test-rust test-python demo bench bench-rust bench-python clean
+
+all: build
+
+# The virtualenv with everything tests, demo and benchmarks need (from PyPI only).
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "maturin>=1.9.4,<2" numpy "pytest>=8" "hypothesis>=6" ml_dtypes ruff mypy \
+		"pytest-benchmark>=4" "matplotlib>=3.7"
+	touch $@
+
+venv: $(VENV)/.deps
+
+# Release build of the extension, installed (editable) into the venv.
+build: $(VENV)/.deps
+	$(VENV)/bin/maturin develop --release -q
+
+lint: $(VENV)/.deps
+	cargo fmt --check
+	cargo clippy --all-targets --all-features -q -- -D warnings
+	$(VENV)/bin/ruff check python tests benches scripts
+	$(PY) -m mypy.stubtest fastclip._fastclip
+
+test-rust:
+	cargo test --release -q
+
+test-python: build
+	$(PY) -m pytest -q
+
+test: build lint test-rust test-python
+
+demo: build
+	$(PY) -m fastclip demo --plot demo.png
+
+bench-rust:
+	cargo bench --bench kernels
+
+bench-python: build
+	$(PY) -m pytest benches -q --benchmark-only --benchmark-group-by=group
+
+bench: build
+	$(PY) -m fastclip bench
+
+clean:
+	rm -rf target $(VENV) .pytest_cache .hypothesis

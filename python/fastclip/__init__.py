@@ -1,0 +1,30 @@
+"""fastclip: exact, fast gradient clipping for NumPy (and DLPack) training loops.
+
+torch-style functions: :func:`get_total_norm`, :func:`clip_grad_norm_`, :func:`clip_grads_with_norm_`,
+:func:`clip_grad_value_`. All work in place on the caller's buffers through a Rust core (SIMD +
+rayon) that accumulates in float64 and gives bitwise identical results for any thread count.
+"""
+
+from __future__ import annotations
+
+from . import _fastclip
+from .functional import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "clip_grads_with_norm_",
+    "get_total_norm",
+    "isa",
+]
+
+
+def isa() -> str:
+    """The instruction set the kernels run with: ``"avx512"``, ``"avx2"``, ``"scalar"`` or ``"neon"``.
+
+    Chosen once per process from the CPU; ``FASTCLIP_ISA=scalar|avx2|avx512`` forces a lower one.
+    """
+    return _fastclip.isa()

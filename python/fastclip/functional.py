@@ -1,0 +1,132 @@
+"""PyTorch-style clipping functions (``torch.nn.utils`` semantics), in place on the caller's arrays.
+
+Each function takes ``grads``: one array, or any iterable (a generator is read once) of arrays,
+CPU DLPack tensors, or parameters with a ``.grad`` (``None`` grads are skipped). Every argument and
+every buffer is checked before any buffer is modified; on error nothing has changed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from . import _fastclip
+from ._buffers import collect
+from ._checks import norm_type as _norm_type
+from ._checks import number as _number
+from ._checks import threshold as _threshold
+
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
+
+#: torch's guard against division by zero in the clip coefficient.
+EPS = 1e-6
+
+
+def get_total_norm(grads: Any, norm_type: float | str = 2.0, error_if_nonfinite: bool = False) -> float:
+    """The p-norm of all gradients taken together, as one flat vector.
+
+    ``total = (sum_i sum_j |g_ij|^p)^(1/p)``; for ``p = inf``, ``max_ij |g_ij|``. Accumulated in
+    float64 for every dtype (float64 input is scaled so no finite input overflows or underflows);
+    bitwise the same for any thread count. NaN anywhere gives NaN; an infinite element gives inf.
+    No gradients give 0.0.
+
+    Raises ``ValueError`` for ``norm_type`` <= 0 or NaN, ``TypeError`` for a non-number or an
+    unsupported array, and ``RuntimeError`` if ``error_if_nonfinite`` and the total is NaN/inf.
+
+    >>> import numpy as np, fastclip as fc
+    >>> fc.get_total_norm([np.array([3.0, 0.0]), np.array([4.0])])
+    5.0
+    """
+    p = _norm_type(norm_type)
+    c = collect(grads)
+    if not c.arrays:
+        return 0.0
+    _, total = _fastclip.norms(c.arrays, p, False, "grads", c.positions)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(
+            f"The total norm of order {p} for gradients is non-finite ({total}), so it cannot be clipped. "
+            "To disable this error and scale the gradients by the non-finite norm anyway, "
+            "set `error_if_nonfinite=False`"
+        )
+    return total
+
+
+def _coefficient(max_norm: float, total_norm: float) -> float:
+    """torch's ``clamp(max_norm / (total + 1e-6), max=1)``; NaN propagates, inf max_norm never clips."""
+    if math.isinf(max_norm):
+        return 1.0
+    coef = max_norm / (total_norm + EPS)
+    return coef if (coef < 1.0 or math.isnan(coef)) else 1.0
+
+
+def clip_grads_with_norm_(grads: Any, max_norm: float, total_norm: float) -> None:
+    """Scale gradients in place given a precomputed total norm.
+
+    ``g <- g * min(1, max_norm / (total_norm + 1e-6))`` for every gradient (the factor is rounded
+    to the gradient's dtype). ``max_norm = inf`` never scales. A NaN ``total_norm`` gives NaN
+    gradients and an infinite one zeros (NaN where a gradient was infinite), as torch does.
+
+    Raises ``TypeError``/``ValueError`` for a negative, NaN or non-number ``max_norm`` or a
+    negative ``total_norm``, and for unsupported, read-only or overlapping buffers: before any
+    buffer is modified.
+    """
+    m = _threshold(max_norm, "max_norm")
+    t = _number(total_norm, "total_norm")
+    if t < 0:
+        raise ValueError(f"total_norm must be >= 0, got {t!r}")
+    c = collect(grads)
+    if c.arrays:
+        _fastclip.scale_(c.arrays, _coefficient(m, t), "grads", c.positions)
+
+
+def clip_grad_norm_(
+    grads: Any, max_norm: float, norm_type: float | str = 2.0, error_if_nonfinite: bool = False
+) -> float:
+    """Clip gradients in place so that their total p-norm is at most ``max_norm``; return the
+    total norm **before** clipping.
+
+    ``total = get_total_norm(grads, norm_type)``; every gradient is multiplied by
+    ``min(1, max_norm / (total + 1e-6))``, torch's coefficient (so a total just under
+    ``max_norm`` is still scaled by a factor just under 1). ``max_norm = inf`` only measures.
+
+    Raises ``ValueError``/``TypeError`` for a bad ``max_norm`` or ``norm_type`` or an unsupported,
+    read-only or overlapping buffer, and ``RuntimeError`` when ``error_if_nonfinite`` and the total
+    is NaN or inf. In every error case no gradient is modified.
+
+    >>> import numpy as np, fastclip as fc
+    >>> g = np.array([3.0, 4.0])
+    >>> fc.clip_grad_norm_([g], 1.0)
+    5.0
+    >>> g.round(6)
+    array([0.6, 0.8])
+    """
+    m = _threshold(max_norm, "max_norm")
+    p = _norm_type(norm_type)
+    c = collect(grads)  # read a generator once; both passes use this list
+    if not c.arrays:
+        return 0.0
+    _, total = _fastclip.norms(c.arrays, p, False, "grads", c.positions)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(
+            f"The total norm of order {p} for gradients is non-finite ({total}), so it cannot be clipped. "
+            "To disable this error and scale the gradients by the non-finite norm anyway, "
+            "set `error_if_nonfinite=False`"
+        )
+    _fastclip.scale_(c.arrays, _coefficient(m, total), "grads", c.positions)
+    return total
+
+
+def clip_grad_value_(grads: Any, clip_value: float) -> None:
+    """Clamp every gradient element to ``[-clip_value, clip_value]`` in place.
+
+    ``g <- min(max(g, -v), v)`` with ``v`` rounded to each gradient's dtype; NaN stays NaN, +-inf
+    become +-v. ``clip_value = inf`` leaves finite values alone.
+
+    Raises ``ValueError`` for a negative or NaN ``clip_value``, ``TypeError`` for a non-number,
+    and ``TypeError``/``ValueError`` for unsupported, read-only or overlapping buffers, before any
+    buffer is modified.
+    """
+    v = _threshold(clip_value, "clip_value")
+    c = collect(grads)
+    if c.arrays:
+        _fastclip.clamp_(c.arrays, -v, v, "grads", c.positions)

@@ -1,0 +1,394 @@
+//! The PyO3 binding: check every array, take raw slices, release the GIL, call the engine.
+//!
+//! No clipping policy lives here. Each entry point takes a whole Python list of arrays so that
+//! thousands of tensors cost one call, one GIL release and one rayon scope. Every array is
+//! checked before any is touched: dtype, byte order, alignment, writeability (for in-place
+//! calls) and, for in-place calls, that no two arrays share memory.
+
+use half::{bf16, f16};
+use numpy::npyffi::{NPY_ARRAY_WRITEABLE, NPY_TYPES};
+use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+
+use crate::kernels::NormType;
+use crate::multi::{self, Op, Tensor, TensorMut};
+use crate::strided::StridedView;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum DType {
+    F32,
+    F64,
+    F16,
+    BF16,
+}
+
+impl DType {
+    fn itemsize(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F64 => 8,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+}
+
+/// One checked array: where its data is and how to walk it.
+struct Buf {
+    dtype: DType,
+    ptr: *mut u8,
+    len: usize,
+    /// `Some` for a non-contiguous view (worked on through a contiguous copy).
+    strided: Option<StridedView>,
+}
+
+// SAFETY: a Buf only describes memory owned by an ndarray that the caller's list keeps alive for
+// the whole call; in-place calls reject overlapping buffers before any Buf is used.
+unsafe impl Send for Buf {}
+unsafe impl Sync for Buf {}
+
+/// A contiguous copy of a strided buffer.
+enum Owned {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl Buf {
+    fn gather(&self) -> Option<Owned> {
+        let v = self.strided.as_ref()?;
+        // SAFETY: the view was built from a live, aligned ndarray of this dtype.
+        Some(unsafe {
+            match self.dtype {
+                DType::F32 => Owned::F32(v.gather()),
+                DType::F64 => Owned::F64(v.gather()),
+                DType::F16 => Owned::F16(v.gather()),
+                DType::BF16 => Owned::BF16(v.gather()),
+            }
+        })
+    }
+
+    fn scatter(&self, owned: &Owned) {
+        if let Some(v) = &self.strided {
+            // SAFETY: as for gather; the array was checked writeable.
+            unsafe {
+                match owned {
+                    Owned::F32(d) => v.scatter(d),
+                    Owned::F64(d) => v.scatter(d),
+                    Owned::F16(d) => v.scatter(d),
+                    Owned::BF16(d) => v.scatter(d),
+                }
+            }
+        }
+    }
+
+    /// The buffer as a read-only engine tensor: its own memory, or the contiguous copy.
+    ///
+    /// # Safety
+    /// The memory must be live for `'a`.
+    unsafe fn tensor<'a>(&self, owned: Option<&'a Owned>) -> Tensor<'a> {
+        use std::slice::from_raw_parts as raw;
+        match owned {
+            Some(Owned::F32(v)) => Tensor::F32(v),
+            Some(Owned::F64(v)) => Tensor::F64(v),
+            Some(Owned::F16(v)) => Tensor::F16(v),
+            Some(Owned::BF16(v)) => Tensor::BF16(v),
+            None => unsafe {
+                let p = if self.len == 0 {
+                    std::ptr::NonNull::<u64>::dangling().as_ptr() as *const u8
+                } else {
+                    self.ptr
+                };
+                match self.dtype {
+                    DType::F32 => Tensor::F32(raw(p as *const f32, self.len)),
+                    DType::F64 => Tensor::F64(raw(p as *const f64, self.len)),
+                    DType::F16 => Tensor::F16(raw(p as *const f16, self.len)),
+                    DType::BF16 => Tensor::BF16(raw(p as *const bf16, self.len)),
+                }
+            },
+        }
+    }
+
+    /// The buffer as a mutable engine tensor: its own memory, or the contiguous copy.
+    ///
+    /// # Safety
+    /// The memory must be live and not aliased mutably elsewhere for `'a`.
+    unsafe fn tensor_mut<'a>(&self, owned: Option<&'a mut Owned>) -> TensorMut<'a> {
+        use std::slice::from_raw_parts_mut as raw;
+        match owned {
+            Some(Owned::F32(v)) => TensorMut::F32(v),
+            Some(Owned::F64(v)) => TensorMut::F64(v),
+            Some(Owned::F16(v)) => TensorMut::F16(v),
+            Some(Owned::BF16(v)) => TensorMut::BF16(v),
+            None => unsafe {
+                let p = if self.len == 0 {
+                    std::ptr::NonNull::<u64>::dangling().as_ptr() as *mut u8
+                } else {
+                    self.ptr
+                };
+                match self.dtype {
+                    DType::F32 => TensorMut::F32(raw(p as *mut f32, self.len)),
+                    DType::F64 => TensorMut::F64(raw(p as *mut f64, self.len)),
+                    DType::F16 => TensorMut::F16(raw(p as *mut f16, self.len)),
+                    DType::BF16 => TensorMut::BF16(raw(p as *mut bf16, self.len)),
+                }
+            },
+        }
+    }
+}
+
+fn dtype_of(arr: &Bound<'_, PyUntypedArray>, name: &str, i: usize) -> PyResult<DType> {
+    let d = arr.dtype();
+    if d.is_native_byteorder() == Some(false) {
+        return Err(PyTypeError::new_err(format!(
+            "{name}[{i}] has non-native byte order ({d}); convert it with arr.astype(arr.dtype.newbyteorder('='))"
+        )));
+    }
+    let num = d.num();
+    let dtype = if num == NPY_TYPES::NPY_FLOAT as i32 {
+        DType::F32
+    } else if num == NPY_TYPES::NPY_DOUBLE as i32 {
+        DType::F64
+    } else if num == NPY_TYPES::NPY_HALF as i32 {
+        DType::F16
+    } else if d.itemsize() == 2
+        && d.typeobj()
+            .name()
+            .map(|n| n.to_cow().map(|c| c == "bfloat16").unwrap_or(false))
+            .unwrap_or(false)
+    {
+        DType::BF16
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "{name}[{i}] has dtype {d}; fastclip works on float16, bfloat16 (ml_dtypes), float32 and float64 gradients"
+        )));
+    };
+    Ok(dtype)
+}
+
+/// Check every array of `arrays` (a list or tuple) and describe it. Touches nothing.
+/// Messages name an array as `name[positions[i]]` (the caller's own numbering) or `name[i]`.
+fn check(
+    arrays: &Bound<'_, PyAny>,
+    name: &str,
+    positions: Option<&[usize]>,
+    writable: bool,
+) -> PyResult<Vec<Buf>> {
+    let at = |i: usize| positions.and_then(|p| p.get(i).copied()).unwrap_or(i);
+    let items: Vec<Bound<'_, PyAny>> = if let Ok(l) = arrays.cast::<PyList>() {
+        l.iter().collect()
+    } else if let Ok(t) = arrays.cast::<PyTuple>() {
+        t.iter().collect()
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be a list or tuple of numpy arrays"
+        )));
+    };
+    let mut bufs = Vec::with_capacity(items.len());
+    for (k, item) in items.iter().enumerate() {
+        let i = at(k);
+        let arr = item.cast::<PyUntypedArray>().map_err(|_| {
+            let ty = item
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            PyTypeError::new_err(format!("{name}[{i}] must be a numpy.ndarray, not {ty}"))
+        })?;
+        let dtype = dtype_of(arr, name, i)?;
+        // SAFETY: arr is a live ndarray; reading its flags and data pointer is plain field access.
+        let (flags, data) = unsafe {
+            let raw = &*arr.as_array_ptr();
+            (raw.flags, raw.data as *mut u8)
+        };
+        if writable && flags & NPY_ARRAY_WRITEABLE == 0 {
+            return Err(PyValueError::new_err(format!(
+                "{name}[{i}] is read-only; clipping works in place and needs a writeable array"
+            )));
+        }
+        let len = arr.len();
+        if len > 0 && !arr.is_aligned() {
+            return Err(PyValueError::new_err(format!(
+                "{name}[{i}] is not aligned for {:?}; pass a copy (np.require(a, requirements='A'))",
+                dtype
+            )));
+        }
+        let strided = if arr.is_contiguous() || len == 0 {
+            None
+        } else {
+            Some(StridedView {
+                ptr: data,
+                shape: arr.shape().to_vec(),
+                strides: arr.strides().to_vec(),
+            })
+        };
+        bufs.push(Buf {
+            dtype,
+            ptr: data,
+            len,
+            strided,
+        });
+    }
+    if writable {
+        check_disjoint(&bufs, name, &at)?;
+    }
+    Ok(bufs)
+}
+
+/// In-place calls must not receive two arrays that share memory: the shared elements would be
+/// scaled twice. Byte ranges are compared (a strided view counts its whole extent).
+fn check_disjoint(bufs: &[Buf], name: &str, at: &dyn Fn(usize) -> usize) -> PyResult<()> {
+    let mut ranges: Vec<(usize, usize, usize)> = bufs
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.len > 0)
+        .map(|(i, b)| {
+            let (lo, hi) = match &b.strided {
+                Some(v) => v.byte_range(b.dtype.itemsize()),
+                None => (b.ptr as usize, b.ptr as usize + b.len * b.dtype.itemsize()),
+            };
+            (lo, hi, i)
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut reach: Option<(usize, usize)> = None; // (furthest end so far, its index)
+    for &(lo, hi, i) in &ranges {
+        if let Some((end, j)) = reach
+            && lo < end
+        {
+            let (a, b) = (at(i.min(j)), at(i.max(j)));
+            return Err(PyValueError::new_err(format!(
+                "{name}[{a}] and {name}[{b}] share memory; an in-place call would modify it twice. Pass each buffer once"
+            )));
+        }
+        if reach.is_none_or(|(end, _)| hi > end) {
+            reach = Some((hi, i));
+        }
+    }
+    Ok(())
+}
+
+fn norm_type(p: f64) -> PyResult<NormType> {
+    NormType::new(p).ok_or_else(|| {
+        PyValueError::new_err(format!("norm_type must be a number > 0 or inf, got {p}"))
+    })
+}
+
+/// norms(arrays, norm_type=2.0, per_tensor=True, name="grads") -> (list[float], float)
+#[pyfunction]
+#[pyo3(signature = (arrays, norm_type=2.0, per_tensor=true, name="grads", positions=None))]
+fn norms(
+    py: Python<'_>,
+    arrays: &Bound<'_, PyAny>,
+    norm_type: f64,
+    per_tensor: bool,
+    name: &str,
+    positions: Option<Vec<usize>>,
+) -> PyResult<(Vec<f64>, f64)> {
+    let norm = self::norm_type(norm_type)?;
+    let bufs = check(arrays, name, positions.as_deref(), false)?;
+    let r = py.detach(|| {
+        let owned: Vec<Option<Owned>> = bufs.iter().map(Buf::gather).collect();
+        // SAFETY: the arrays are kept alive by the caller's list for the whole call.
+        let tensors: Vec<Tensor<'_>> = bufs
+            .iter()
+            .zip(&owned)
+            .map(|(b, o)| unsafe { b.tensor(o.as_ref()) })
+            .collect();
+        multi::norms(&tensors, norm, per_tensor)
+    });
+    Ok((r.per_tensor, r.total))
+}
+
+fn apply(py: Python<'_>, bufs: Vec<Buf>, ops: Vec<Op>) {
+    py.detach(|| {
+        let mut owned: Vec<Option<Owned>> = bufs.iter().map(Buf::gather).collect();
+        // SAFETY: the arrays are live, writeable and pairwise disjoint (checked).
+        let tensors: Vec<TensorMut<'_>> = bufs
+            .iter()
+            .zip(owned.iter_mut())
+            .map(|(b, o)| unsafe { b.tensor_mut(o.as_mut()) })
+            .collect();
+        multi::apply_each(tensors, &ops);
+        for (b, o) in bufs.iter().zip(&owned) {
+            if let Some(o) = o {
+                b.scatter(o);
+            }
+        }
+    })
+}
+
+#[derive(FromPyObject)]
+enum Factors {
+    One(f64),
+    Each(Vec<f64>),
+}
+
+/// scale_(arrays, factors, name="grads") -> None: arrays[i] *= factors[i] (or one factor for all).
+#[pyfunction]
+#[pyo3(signature = (arrays, factors, name="grads", positions=None))]
+fn scale_(
+    py: Python<'_>,
+    arrays: &Bound<'_, PyAny>,
+    factors: Factors,
+    name: &str,
+    positions: Option<Vec<usize>>,
+) -> PyResult<()> {
+    let bufs = check(arrays, name, positions.as_deref(), true)?;
+    let ops: Vec<Op> = match factors {
+        Factors::One(f) => vec![Op::Scale(f); bufs.len()],
+        Factors::Each(v) => {
+            if v.len() != bufs.len() {
+                return Err(PyValueError::new_err(format!(
+                    "got {} factors for {} arrays",
+                    v.len(),
+                    bufs.len()
+                )));
+            }
+            v.into_iter().map(Op::Scale).collect()
+        }
+    };
+    apply(py, bufs, ops);
+    Ok(())
+}
+
+/// clamp_(arrays, lo, hi, name="grads") -> None: every element to [lo, hi]; NaN stays NaN.
+#[pyfunction]
+#[pyo3(signature = (arrays, lo, hi, name="grads", positions=None))]
+fn clamp_(
+    py: Python<'_>,
+    arrays: &Bound<'_, PyAny>,
+    lo: f64,
+    hi: f64,
+    name: &str,
+    positions: Option<Vec<usize>>,
+) -> PyResult<()> {
+    if lo.is_nan() || hi.is_nan() || lo > hi {
+        return Err(PyValueError::new_err(format!(
+            "clamp bounds must satisfy lo <= hi, got lo={lo}, hi={hi}"
+        )));
+    }
+    let bufs = check(arrays, name, positions.as_deref(), true)?;
+    let n = bufs.len();
+    apply(py, bufs, vec![Op::Clamp(lo, hi); n]);
+    Ok(())
+}
+
+/// The instruction set the kernels run with ("avx512", "avx2", "scalar" or "neon").
+#[pyfunction]
+fn isa() -> &'static str {
+    crate::isa::current().name()
+}
+
+#[pymodule]
+mod _fastclip {
+    #[pymodule_export]
+    use super::{clamp_, isa, norms, scale_};
+
+    #[pymodule_export]
+    const CHUNK: usize = crate::multi::CHUNK;
+    #[pymodule_export]
+    const PARALLEL_MIN: usize = crate::multi::PARALLEL_MIN;
+}
