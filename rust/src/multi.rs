@@ -124,9 +124,10 @@ fn batch(sizes: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
     tasks
 }
 
-/// Run `f` over `items`, on this thread when `total` is small, otherwise batched on rayon.
-/// Returns outputs in item order.
-fn run<I: Send, O: Send>(
+/// Run `f` over `items`, on this thread when `total` (elements) is small, otherwise batched on
+/// rayon; `size` gives an item's element count. Returns outputs in item order. Every parallel
+/// loop in the crate goes through here (optimizer updates included).
+pub fn run<I: Send, O: Send>(
     items: Vec<I>,
     total: usize,
     size: impl Fn(&I) -> usize,
