@@ -8,11 +8,20 @@ rayon) that accumulates in float64 and gives bitwise identical results for any t
 from __future__ import annotations
 
 from . import _fastclip
+from .clip import ClipGradBase, ClipGradByGlobalNorm, ClipGradByNorm, ClipGradByValue, ClipStats
 from .functional import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
+from .param import ParamAttr, Parameter
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClipGradBase",
+    "ClipGradByGlobalNorm",
+    "ClipGradByNorm",
+    "ClipGradByValue",
+    "ClipStats",
+    "ParamAttr",
+    "Parameter",
     "__version__",
     "clip_grad_norm_",
     "clip_grad_value_",
