@@ -8,6 +8,7 @@
 //! - [`strided`]: gather/scatter for non-contiguous buffers;
 //! - `python` (feature `python`): the thin PyO3 binding. Nothing above it knows Python.
 
+pub mod claims;
 pub mod element;
 pub mod isa;
 pub mod kernels;

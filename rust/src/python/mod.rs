@@ -12,6 +12,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
+use crate::claims;
 use crate::kernels::NormType;
 use crate::multi::{self, Op, Tensor, TensorMut};
 use crate::strided::StridedView;
@@ -57,6 +58,17 @@ enum Owned {
 }
 
 impl Buf {
+    /// The bytes this buffer spans (a strided view counts its whole extent).
+    fn byte_range(&self) -> (usize, usize) {
+        match &self.strided {
+            Some(v) => v.byte_range(self.dtype.itemsize()),
+            None => (
+                self.ptr as usize,
+                self.ptr as usize + self.len * self.dtype.itemsize(),
+            ),
+        }
+    }
+
     fn gather(&self) -> Option<Owned> {
         let v = self.strided.as_ref()?;
         // SAFETY: the view was built from a live, aligned ndarray of this dtype.
@@ -245,10 +257,7 @@ fn check_disjoint(bufs: &[Buf], name: &str, at: &dyn Fn(usize) -> usize) -> PyRe
         .enumerate()
         .filter(|(_, b)| b.len > 0)
         .map(|(i, b)| {
-            let (lo, hi) = match &b.strided {
-                Some(v) => v.byte_range(b.dtype.itemsize()),
-                None => (b.ptr as usize, b.ptr as usize + b.len * b.dtype.itemsize()),
-            };
+            let (lo, hi) = b.byte_range();
             (lo, hi, i)
         })
         .collect();
@@ -290,6 +299,7 @@ fn norms(
     let norm = self::norm_type(norm_type)?;
     let bufs = check(arrays, name, positions.as_deref(), false)?;
     let r = py.detach(|| {
+        let _claim = claims::claim(bufs.iter().map(Buf::byte_range).collect(), false);
         let owned: Vec<Option<Owned>> = bufs.iter().map(Buf::gather).collect();
         // SAFETY: the arrays are kept alive by the caller's list for the whole call.
         let tensors: Vec<Tensor<'_>> = bufs
@@ -304,6 +314,8 @@ fn norms(
 
 fn apply(py: Python<'_>, bufs: Vec<Buf>, ops: Vec<Op>) {
     py.detach(|| {
+        // Taken and released without the GIL, so a waiting call never blocks the one it waits on.
+        let _claim = claims::claim(bufs.iter().map(Buf::byte_range).collect(), true);
         let mut owned: Vec<Option<Owned>> = bufs.iter().map(Buf::gather).collect();
         // SAFETY: the arrays are live, writeable and pairwise disjoint (checked).
         let tensors: Vec<TensorMut<'_>> = bufs
