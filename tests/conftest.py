@@ -1,0 +1,168 @@
+"""Shared helpers: independent references (float64 NumPy, ``math.fsum``, ``decimal``) and small utilities.
+
+Nothing here calls fastclip: every expected value in the tests comes from these references.
+Test modules import the helpers with ``from conftest import ...`` (pytest puts ``tests/`` on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import decimal
+import math
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+FLOAT_DTYPES = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]
+#: The total norm must agree with the reference within this relative error.
+REL = 1e-12
+EPS = 1e-6  # torch's epsilon in the clip coefficient
+
+
+def dtype_id(dt: Any) -> str:
+    return np.dtype(dt).name
+
+
+def eps_of(dtype: Any) -> float:
+    """Machine epsilon of a float dtype, bfloat16 included."""
+    return float(ml_dtypes.finfo(np.dtype(dtype)).eps)
+
+
+def as_f64(a: np.ndarray) -> np.ndarray:
+    """Every element as an exact float64 (f16/bf16/f32 widen exactly)."""
+    return np.asarray(a).astype(np.float64).ravel()
+
+
+def ref_norm(arrays: Iterable[np.ndarray], p: float) -> float:
+    """The p-norm of all elements together, independent of fastclip.
+
+    Each element is split exactly as ``|x| = m * 2**e`` (``np.frexp``) so that nothing overflows or
+    underflows: ``sum |x|^p = 2**(p*E) * sum m^p * 2**(p*(e-E))`` with ``E = max e``; the sum is
+    ``math.fsum`` (exact summation of the rounded terms). Relative error a few ulps.
+    """
+    xs = [as_f64(a) for a in arrays]
+    x = np.concatenate(xs) if xs else np.zeros(0)
+    if x.size == 0:
+        return 0.0
+    ax = np.abs(x)
+    if np.isnan(ax).any():
+        return math.nan
+    if math.isinf(p):
+        return float(ax.max())
+    if np.isinf(ax).any():
+        return math.inf
+    nz = ax[ax > 0]
+    if nz.size == 0:
+        return 0.0
+    m, e = np.frexp(nz)
+    big = int(e.max())
+    terms = m**p * np.exp2(p * (e - big).astype(np.float64))
+    root = math.fsum(terms.tolist()) ** (1.0 / p)
+    try:
+        return math.ldexp(root, big)
+    except OverflowError:
+        return math.inf
+
+
+def exact_l2(values: Iterable[float]) -> float:
+    """The correctly rounded 2-norm of a few float64 values: exact sum of squares (``Fraction``),
+    square root to 60 significant digits (``decimal``), then one rounding to float64."""
+    s = sum((Fraction(float(v)) ** 2 for v in values), Fraction(0))
+    if s == 0:
+        return 0.0
+    ctx = decimal.Context(prec=60, Emin=-999999, Emax=999999)
+    root = ctx.sqrt(ctx.divide(decimal.Decimal(s.numerator), decimal.Decimal(s.denominator)))
+    return float(root)
+
+
+def assert_rel(got: float, want: float, rel: float = REL) -> None:
+    """``got`` equals ``want`` within ``rel`` relative (or one ulp); NaN matches NaN, inf matches inf."""
+    assert isinstance(got, float), type(got)
+    if math.isnan(want):
+        assert math.isnan(got), (got, want)
+    elif math.isinf(want) or want == 0.0:
+        assert got == want, (got, want)
+    else:
+        # One ulp of slack for subnormal results, whose relative precision is below ``rel``.
+        assert abs(got - want) <= max(rel * abs(want), math.ulp(want)), (got, want, abs(got - want) / abs(want))
+
+
+def torch_coef(max_norm: float, total: float) -> float:
+    """torch's ``clamp(max_norm / (total + 1e-6), max=1.0)``: NaN propagates (``min`` would drop it);
+    fastclip's documented exception: ``max_norm = inf`` never scales (measures only)."""
+    if math.isinf(max_norm):
+        return 1.0
+    c = max_norm / (total + EPS)
+    return c if (math.isnan(c) or c < 1.0) else 1.0
+
+
+def scaled_ref(g: np.ndarray, coef: float) -> np.ndarray:
+    """``g * coef`` as fastclip must compute it: float64 in float64; float32 times ``float32(coef)``;
+    f16/bf16 widened to float32, times ``float32(coef)``, rounded back once."""
+    with np.errstate(all="ignore"):
+        if g.dtype == np.float64:
+            return g * np.float64(coef)
+        if g.dtype == np.float32:
+            return g * np.float32(coef)
+        return (g.astype(np.float32) * np.float32(coef)).astype(g.dtype)
+
+
+def bound(v: float, dtype: np.dtype) -> np.generic:
+    """A clamp bound rounded to the array's dtype (f16/bf16 round once from float64)."""
+    with np.errstate(over="ignore"):
+        return np.array(v, dtype=np.float64).astype(dtype)[()]
+
+
+def clamp_ref(g: np.ndarray, clip_value: float) -> np.ndarray:
+    """``x < lo -> lo; x > hi -> hi; else x`` with bounds rounded to the dtype: NaN kept, +-inf to the
+    bounds, an element equal to a bound (e.g. -0.0 vs +0.0) left as it was."""
+    lo, hi = bound(-clip_value, g.dtype), bound(clip_value, g.dtype)
+    out = g.copy()
+    with np.errstate(invalid="ignore"):
+        out[g < lo] = lo
+        out[g > hi] = hi
+    return out
+
+
+def bits(a: np.ndarray) -> bytes:
+    """The array's raw element bytes in logical order (NaN payloads and signed zeros included)."""
+    return np.ascontiguousarray(a).view(np.uint8).tobytes()
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and bits(a) == bits(b)
+
+
+class Param:
+    """A parameter-like object with a ``.grad``, as torch's ``model.parameters()`` yields."""
+
+    def __init__(self, grad: np.ndarray | None) -> None:
+        self.grad = grad
+
+
+class OnceIterable:
+    """An iterable that may be iterated only once: a second ``iter()`` raises."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self._items = list(items)
+        self.iterations = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self.iterations += 1
+        if self.iterations > 1:
+            raise AssertionError("grads iterated twice")
+        return iter(self._items)
+
+
+def random_arrays(rng: np.random.Generator, dtype: Any, sizes: Iterable[int], scale: float = 1.0) -> list[np.ndarray]:
+    dt = np.dtype(dtype)
+    return [(rng.standard_normal(n) * scale).astype(dt) for n in sizes]
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20240611)
