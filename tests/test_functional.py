@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import fastclip as fc
 import numpy as np
 import pytest
 from conftest import (
@@ -25,8 +26,6 @@ from conftest import (
     scaled_ref,
     torch_coef,
 )
-
-import fastclip as fc
 from fastclip import _fastclip
 
 NORM_TYPES = [1, 2, 3, 0.5, 1.5, math.inf, "inf"]
