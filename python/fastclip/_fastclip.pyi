@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["CHUNK", "PARALLEL_MIN", "clamp_", "isa", "norms", "scale_"]
+__all__ = ["CHUNK", "PARALLEL_MIN", "adam_", "clamp_", "isa", "momentum_", "norms", "scale_", "sgd_"]
 
 CHUNK: int
 PARALLEL_MIN: int
@@ -37,3 +37,38 @@ def clamp_(
 
 def isa() -> str:
     """The instruction set in use."""
+
+def sgd_(
+    params: list[np.ndarray] | tuple[np.ndarray, ...],
+    grads: list[np.ndarray] | tuple[np.ndarray, ...],
+    lr: float | Sequence[float],
+    weight_decay: float | Sequence[float] = ...,
+) -> None:
+    """p -= lr * (g + weight_decay * p) in place (float32/float64); grads are only read."""
+
+def momentum_(
+    params: list[np.ndarray] | tuple[np.ndarray, ...],
+    grads: list[np.ndarray] | tuple[np.ndarray, ...],
+    velocities: list[np.ndarray] | tuple[np.ndarray, ...],
+    lr: float | Sequence[float],
+    mu: float,
+    nesterov: bool = False,
+    weight_decay: float | Sequence[float] = ...,
+) -> None:
+    """Paddle's momentum update (L2 fused) in place on params and velocities."""
+
+def adam_(
+    params: list[np.ndarray] | tuple[np.ndarray, ...],
+    grads: list[np.ndarray] | tuple[np.ndarray, ...],
+    moment1: list[np.ndarray] | tuple[np.ndarray, ...],
+    moment2: list[np.ndarray] | tuple[np.ndarray, ...],
+    lr: float | Sequence[float],
+    beta1: float,
+    beta2: float,
+    epsilon: float,
+    beta1_pow: float | Sequence[float],
+    beta2_pow: float | Sequence[float],
+    weight_decay: float | Sequence[float] = ...,
+    decoupled: bool = False,
+) -> None:
+    """Paddle's Adam (coupled L2) or AdamW (decoupled) update in place on params and moments."""

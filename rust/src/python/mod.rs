@@ -17,6 +17,8 @@ use crate::kernels::NormType;
 use crate::multi::{self, Op, Tensor, TensorMut};
 use crate::strided::StridedView;
 
+mod optim;
+
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum DType {
     F32,
@@ -396,6 +398,8 @@ fn isa() -> &'static str {
 
 #[pymodule]
 mod _fastclip {
+    #[pymodule_export]
+    use super::optim::{adam_, momentum_, sgd_};
     #[pymodule_export]
     use super::{clamp_, isa, norms, scale_};
 
