@@ -213,8 +213,8 @@ class ParamAttr:
     ) -> Parameter:
         """A new :class:`Parameter` of ``shape``/``dtype`` carrying this attribute's settings.
 
-        The value comes from ``self.initializer`` or else ``default_initializer`` (zeros when both
-        are ``None``). Raises ``ValueError`` if the initializer returns the wrong shape, and
+        The value is a fresh copy of what ``self.initializer`` or else ``default_initializer``
+        returns (zeros when both are ``None``). Raises ``ValueError`` if the initializer returns the wrong shape, and
         ``TypeError`` for a non-float dtype.
         """
         dt = np.dtype(dtype)
@@ -222,11 +222,10 @@ class ParamAttr:
             raise TypeError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}, not {dt}")
         shape = tuple(int(s) for s in shape)
         init = self.initializer if self.initializer is not None else default_initializer
-        value = np.zeros(shape, dt) if init is None else np.asarray(init(shape, dt), dtype=dt)
+        # Always a fresh buffer: an initializer may hand back the same array for several parameters.
+        value = np.zeros(shape, dt) if init is None else np.array(init(shape, dt), dtype=dt, copy=True)
         if value.shape != shape:
             raise ValueError(f"initializer returned shape {value.shape}, expected {shape}")
-        if not value.flags.writeable or not value.flags.owndata:
-            value = value.copy()
         return Parameter(
             value, name=self.name, need_clip=self.need_clip, trainable=self.trainable, learning_rate=self.learning_rate
         )
