@@ -740,3 +740,31 @@ def test_property_constructor_errors_modify_nothing(spec: list[Any], bad: Any, w
     with pytest.raises((TypeError, ValueError)):
         cls(bad)([(None, g) for g in grads])
     assert bits(list(grads)) == before
+
+
+class DLPackGrad:
+    """A minimal DLPack producer (what torch/JAX tensors look like to fastclip) over a NumPy array."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = arr
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self.arr.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        return self.arr.__dlpack_device__()
+
+
+@pytest.mark.parametrize("clip", [fc.ClipGradByNorm(1.0), fc.ClipGradByGlobalNorm(1.0)], ids=str)
+def test_dlpack_grads_clipped_in_place(clip: fc.ClipGradBase) -> None:
+    a = np.array([3.0, 4.0], np.float32)
+    wrapped = DLPackGrad(a)
+    b = np.array([0.0, 0.0])
+    frozen = fc.Parameter(np.zeros(2), need_clip=False)
+    out = clip([(frozen, np.array([9.0, 9.0])), (None, None), (None, wrapped), (None, b)])
+    assert out[1][1] is wrapped  # the caller's object comes back; its memory was written
+    assert_bitwise(a, np.array([0.6, 0.8], np.float32))
+    assert clip.last_stats is not None and clip.last_stats.indices == (2, 3)
+    with pytest.raises(TypeError, match=r"params_grads\[3\]"):
+        clip([(None, wrapped), (frozen, [1.0]), (None, None), (None, "x")])
+    assert_bitwise(a, np.array([0.6, 0.8], np.float32))

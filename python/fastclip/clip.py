@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from . import _fastclip
-from ._buffers import _as_array
+from ._buffers import collect
 from ._checks import number as _number
 from ._checks import threshold as _threshold
 
@@ -81,44 +81,73 @@ class ClipStats:
     global_norm: float | None = None
 
 
+class _Slot:
+    """Stands for one item of ``params_grads`` when handed to :func:`fastclip._buffers.collect`:
+    ``.grad`` is the buffer to clip, or ``None`` for a pair that is not clipped (so that collect keeps
+    the caller's positions in its error messages and in ``Collected.positions``)."""
+
+    __slots__ = ("grad",)
+
+    def __init__(self, grad: Any) -> None:
+        self.grad = grad
+
+
+_SKIP = _Slot(None)
+
+
 class _Split:
     """The pairs to return, and the buffers among them to clip."""
 
-    __slots__ = ("arrays", "out", "positions")
+    __slots__ = ("arrays", "ops", "out", "positions")
 
     def __init__(self) -> None:
         self.out: Pairs = []
-        self.arrays: list[np.ndarray] = []
+        self.arrays: list[Any] = []
         self.positions: list[int] = []
+        #: The module whose norms/scale_/clamp_ work on ``arrays`` (``_fastclip`` for NumPy arrays).
+        self.ops: Any = _fastclip
 
 
 def _split(params_grads: Any) -> _Split:
-    """Drop ``None`` grads, pass ``need_clip=False`` pairs through, collect the rest as arrays.
+    """Drop ``None`` grads, pass ``need_clip=False`` pairs through, collect the rest as buffers.
 
-    Raises ``TypeError`` for a non-iterable, an item that is not a pair, or a grad that is neither a
-    NumPy array nor a CPU DLPack tensor.
+    Plain NumPy grads are used as they are; any other grad (a DLPack tensor: torch, CuPy, ...) goes
+    through :func:`fastclip._buffers.collect`, which makes zero-copy views and picks the device path.
+    Raises ``TypeError`` for a non-iterable, an item that is not a pair, or a grad that is not a
+    buffer, and ``ValueError`` for buffers on different devices; nothing is modified.
     """
     if isinstance(params_grads, (str, bytes)) or not isinstance(params_grads, Iterable):
         raise TypeError(f"params_grads must be an iterable of (param, grad) pairs, not {type(params_grads).__name__}")
     s = _Split()
+    grads: list[Any] = []
+    all_numpy = True
     for i, pair in enumerate(params_grads):
         try:
             p, g = pair
         except (TypeError, ValueError):
             raise TypeError(f"params_grads[{i}] must be a (param, grad) pair, not {type(pair).__name__}") from None
         if g is None:
+            grads.append(None)
             continue
         s.out.append((p, g))
         if getattr(p, "need_clip", True) is False:
+            grads.append(None)
             continue
-        s.arrays.append(g if isinstance(g, np.ndarray) else _as_array(g, _NAME, i))
+        grads.append(g)
         s.positions.append(i)
+        all_numpy = all_numpy and isinstance(g, np.ndarray)
+    if all_numpy:
+        s.arrays = [grads[i] for i in s.positions]
+    else:
+        c = collect([_SKIP if g is None else _Slot(g) for g in grads], _NAME)
+        s.arrays = c.arrays
+        s.ops = getattr(c, "ops", _fastclip)  # Collected.ops picks the CPU or CUDA module
     return s
 
 
 def _applied(factor: float, arr: np.ndarray) -> float:
     """The factor as ``_fastclip.scale_`` applies it: rounded to float32 unless the array is float64."""
-    return factor if arr.dtype == np.float64 else float(np.float32(factor))
+    return factor if getattr(arr, "dtype", None) == np.float64 else float(np.float32(factor))
 
 
 class ClipGradBase:
@@ -197,7 +226,7 @@ class ClipGradByValue(ClipGradBase):
         """Clamp the grads in place; return the ``(param, grad)`` pairs (see the module doc)."""
         s = _split(params_grads)
         if s.arrays:
-            _fastclip.clamp_(s.arrays, self._min, self._max, _NAME, s.positions)
+            s.ops.clamp_(s.arrays, self._min, self._max, _NAME, s.positions)
         self.last_stats = ClipStats(tuple(s.positions), None, None, None, None)
         return s.out
 
@@ -244,11 +273,11 @@ class ClipGradByNorm(ClipGradBase):
         norms: list[float] = []
         factors: list[float] = []
         if s.arrays:
-            norms, _ = _fastclip.norms(s.arrays, 2.0, True, _NAME, s.positions)
+            norms, _ = s.ops.norms(s.arrays, 2.0, True, _NAME, s.positions)
             # not (n <= c) also catches NaN: c / NaN = NaN poisons the grad, as in Paddle.
             factors = [1.0 if n <= c else c / n for n in norms]
             if any(f != 1.0 for f in factors):
-                _fastclip.scale_(s.arrays, factors, _NAME, s.positions)
+                s.ops.scale_(s.arrays, factors, _NAME, s.positions)
         self.last_stats = ClipStats(
             tuple(s.positions),
             tuple(norms),
@@ -329,10 +358,10 @@ class ClipGradByGlobalNorm(ClipGradBase):
         total = 0.0
         factor = 1.0
         if s.arrays:
-            norms, total = _fastclip.norms(s.arrays, 2.0, True, _NAME, s.positions)
+            norms, total = s.ops.norms(s.arrays, 2.0, True, _NAME, s.positions)
             factor = self.scale_for(total)
             if factor != 1.0:
-                _fastclip.scale_(s.arrays, factor, _NAME, s.positions)
+                s.ops.scale_(s.arrays, factor, _NAME, s.positions)
         self.last_stats = ClipStats(
             tuple(s.positions),
             tuple(norms),
