@@ -19,7 +19,9 @@ Deliberate differences from Paddle 3.3.1 (CPU), each tested:
   the gradient into zeros; fastclip accumulates in float64 (scaled for float64 input) and clips it
   correctly. Where Paddle is right, results agree to the last bit or within 1 ulp of the scale
   factor (Paddle rounds its float32 norm before dividing; fastclip divides in float64 and rounds the
-  factor once);
+  factor once). Likewise ``norm > clip_norm`` is decided in float64 with ``clip_norm`` as given
+  (Paddle: float32 norm against ``float32(clip_norm)``); the two can disagree only for a norm
+  within float32 rounding of ``clip_norm``, where the factor rounds to about 1 anyway;
 - float64 ``ClipGradByNorm`` and float16/bfloat16 grads in all three classes work (Paddle's CPU
   kernels raise);
 - invalid thresholds (clip_norm <= 0, NaN or inf; NaN bounds; min > max; max <= 0 without min;
@@ -145,9 +147,22 @@ def _split(params_grads: Any) -> _Split:
     return s
 
 
-def _applied(factor: float, arr: np.ndarray) -> float:
-    """The factor as ``_fastclip.scale_`` applies it: rounded to float32 unless the array is float64."""
-    return factor if getattr(arr, "dtype", None) == np.float64 else float(np.float32(factor))
+_F64 = np.dtype(np.float64)
+
+
+def _applied(factors: list[float], arrays: list[Any]) -> tuple[float, ...]:
+    """Each factor as ``scale_`` applies it: rounded to float32 unless the array is float64 (1.0 stays 1.0)."""
+    rounded: dict[float, float] = {}
+    out = []
+    for f, a in zip(factors, arrays, strict=True):
+        if f == 1.0 or getattr(a, "dtype", None) == _F64:
+            out.append(f)
+        else:
+            r = rounded.get(f)
+            if r is None:
+                r = rounded[f] = float(np.float32(f))
+            out.append(r)
+    return tuple(out)
 
 
 class ClipGradBase:
@@ -281,7 +296,7 @@ class ClipGradByNorm(ClipGradBase):
         self.last_stats = ClipStats(
             tuple(s.positions),
             tuple(norms),
-            tuple(_applied(f, a) for f, a in zip(factors, s.arrays, strict=True)),
+            _applied(factors, s.arrays),
             tuple(f != 1.0 for f in factors),
             None,
         )
@@ -365,7 +380,7 @@ class ClipGradByGlobalNorm(ClipGradBase):
         self.last_stats = ClipStats(
             tuple(s.positions),
             tuple(norms),
-            tuple(_applied(factor, a) for a in s.arrays),
+            _applied([factor] * len(s.arrays), s.arrays),
             (factor != 1.0,) * len(s.arrays),
             total,
         )
