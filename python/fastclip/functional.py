@@ -1,8 +1,9 @@
 """PyTorch-style clipping functions (``torch.nn.utils`` semantics), in place on the caller's arrays.
 
 Each function takes ``grads``: one array, or any iterable (a generator is read once) of arrays,
-CPU DLPack tensors, or parameters with a ``.grad`` (``None`` grads are skipped). Every argument and
-every buffer is checked before any buffer is modified; on error nothing has changed.
+DLPack tensors (CPU, or CUDA through CuPy: :mod:`fastclip._cuda`), or parameters with a ``.grad``
+(``None`` grads are skipped). Every argument and every buffer is checked before any buffer is
+modified; on error nothing has changed.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from . import _fastclip
 from ._buffers import collect
 from ._checks import norm_type as _norm_type
 from ._checks import number as _number
@@ -41,7 +41,7 @@ def get_total_norm(grads: Any, norm_type: float | str = 2.0, error_if_nonfinite:
     c = collect(grads)
     if not c.arrays:
         return 0.0
-    _, total = _fastclip.norms(c.arrays, p, False, "grads", c.positions)
+    _, total = c.ops.norms(c.arrays, p, False, "grads", c.positions)
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(
             f"The total norm of order {p} for gradients is non-finite ({total}), so it cannot be clipped. "
@@ -76,7 +76,7 @@ def clip_grads_with_norm_(grads: Any, max_norm: float, total_norm: float) -> Non
         raise ValueError(f"total_norm must be >= 0, got {t!r}")
     c = collect(grads)
     if c.arrays:
-        _fastclip.scale_(c.arrays, _coefficient(m, t), "grads", c.positions)
+        c.ops.scale_(c.arrays, _coefficient(m, t), "grads", c.positions)
 
 
 def clip_grad_norm_(
@@ -105,14 +105,14 @@ def clip_grad_norm_(
     c = collect(grads)  # read a generator once; both passes use this list
     if not c.arrays:
         return 0.0
-    _, total = _fastclip.norms(c.arrays, p, False, "grads", c.positions)
+    _, total = c.ops.norms(c.arrays, p, False, "grads", c.positions)
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(
             f"The total norm of order {p} for gradients is non-finite ({total}), so it cannot be clipped. "
             "To disable this error and scale the gradients by the non-finite norm anyway, "
             "set `error_if_nonfinite=False`"
         )
-    _fastclip.scale_(c.arrays, _coefficient(m, total), "grads", c.positions)
+    c.ops.scale_(c.arrays, _coefficient(m, total), "grads", c.positions)
     return total
 
 
@@ -129,4 +129,4 @@ def clip_grad_value_(grads: Any, clip_value: float) -> None:
     v = _threshold(clip_value, "clip_value")
     c = collect(grads)
     if c.arrays:
-        _fastclip.clamp_(c.arrays, -v, v, "grads", c.positions)
+        c.ops.clamp_(c.arrays, -v, v, "grads", c.positions)
