@@ -1,0 +1,177 @@
+"""fastclip._buffers.collect: what counts as a gradient, positions, devices (no torch, no GPU needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fastclip as fc
+from fastclip import _buffers, _fastclip
+from fastclip._buffers import collect
+
+
+class Param:
+    """A parameter object in the torch sense: stands for its ``.grad``."""
+
+    def __init__(self, grad: Any) -> None:
+        self.grad = grad
+
+
+class FakeDevice:
+    """A DLPack producer on another device; exporting it must never be tried by the CPU path."""
+
+    def __init__(self, device_type: int, device_id: int = 0) -> None:
+        self.device = (device_type, device_id)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self.device
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        raise AssertionError("a non-CPU buffer must not be exported by the CPU path")
+
+
+def test_single_array_and_plain_list_are_used_as_they_are() -> None:
+    a, b = np.ones(3), np.zeros(2, np.float32)
+    c = collect(a)
+    assert c.arrays[0] is a and c.positions is None and c.device == "cpu" and c.ops is _fastclip
+    lst = [a, b]
+    c = collect(lst)
+    assert c.arrays is lst and c.positions is None
+
+
+def test_generator_is_read_exactly_once() -> None:
+    reads = []
+
+    def gen():
+        for i in range(3):
+            reads.append(i)
+            yield np.full(2, float(i + 1))
+
+    g = gen()
+    c = collect(g)
+    assert reads == [0, 1, 2] and len(c) == 3
+    assert [float(a[0]) for a in c.arrays] == [1.0, 2.0, 3.0]
+    assert list(g) == []  # exhausted: nothing was re-read
+
+
+def test_generator_clip_grad_norm_uses_one_pass_for_both_norm_and_scale() -> None:
+    arrays = [np.array([3.0]), np.array([4.0])]
+    total = fc.clip_grad_norm_((a for a in arrays), 1.0)
+    assert total == 5.0
+    np.testing.assert_allclose([arrays[0][0], arrays[1][0]], [0.6, 0.8], rtol=1e-6)
+
+
+def test_objects_with_grad_stand_for_their_grad_and_none_is_skipped() -> None:
+    g0, g2 = np.array([3.0]), np.array([4.0, 0.0])
+    c = collect([Param(g0), Param(None), Param(g2)])
+    assert c.arrays[0] is g0 and c.arrays[1] is g2
+    assert c.positions == [0, 2]
+    # a single object with .grad
+    c = collect(Param(g0))
+    assert c.arrays == [g0] and c.positions is None
+    assert len(collect(Param(None))) == 0
+    assert len(collect([Param(None), Param(None)])) == 0
+
+
+def test_leading_none_grads_keep_positions_in_errors() -> None:
+    ro = np.ones(3)
+    ro.flags.writeable = False
+    ok = np.full(2, 5.0)
+    before = ok.copy()
+    items = [Param(None), Param(ok), Param(None), Param(ro)]
+    with pytest.raises(ValueError, match=r"grads\[3\] is read-only"):
+        fc.clip_grad_norm_(items, 1.0)
+    np.testing.assert_array_equal(ok, before)  # nothing modified
+    assert fc.get_total_norm(items) == pytest.approx(np.sqrt(3 + 50))
+
+
+def test_bad_dtype_error_names_the_callers_position() -> None:
+    with pytest.raises(TypeError, match=r"grads\[2\] has dtype int64"):
+        fc.get_total_norm([Param(None), np.ones(2), np.arange(3)])
+
+
+def test_items_that_are_not_buffers() -> None:
+    with pytest.raises(TypeError, match=r"grads\[1\] must be a numpy.ndarray, a DLPack tensor or have a .grad"):
+        collect([np.ones(1), "abc"])
+    with pytest.raises(TypeError, match=r"grads\[0\] must be .* not list"):
+        collect([Param([1.0, 2.0])])
+    with pytest.raises(TypeError, match="must be an array or an iterable"):
+        collect(3.0)
+    with pytest.raises(TypeError, match="must be an array or an iterable"):
+        collect("grads")
+
+
+def test_dlpack_items_are_viewed_without_copy() -> None:
+    class Producer:
+        def __init__(self, arr: np.ndarray) -> None:
+            self.arr = arr
+
+        def __dlpack__(self, **kwargs: Any) -> Any:
+            return self.arr.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self) -> Any:
+            return self.arr.__dlpack_device__()
+
+    a = np.arange(6.0).reshape(2, 3)
+    c = collect([Producer(a), Param(Producer(a.T))])
+    assert np.shares_memory(c.arrays[0], a) and np.shares_memory(c.arrays[1], a)
+    assert c.arrays[1].strides == a.T.strides
+    assert c.device == "cpu"
+
+
+def test_mixed_cpu_and_cuda_is_a_value_error_before_cupy_is_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Decision: every item is classified before any is converted, so mixing devices fails with a
+    # ValueError even where CuPy is not installed (an ImportError would send users to pip for nothing).
+    monkeypatch.setitem(sys.modules, "cupy", None)  # any `import cupy` would now raise ImportError
+    a = np.ones(3)
+    before = a.copy()
+    items = [Param(None), FakeDevice(2), a, FakeDevice(2)]
+    with pytest.raises(ValueError, match=r"grads\[2\] is on the CPU, grads\[1\] on a CUDA device"):
+        collect(items)
+    with pytest.raises(ValueError, match="mixes CPU and CUDA"):
+        fc.clip_grad_norm_(items, 1.0)
+    with pytest.raises(ValueError, match="mixes CPU and CUDA"):
+        fc.clip_grad_value_([FakeDevice(13), Param(a)], 0.1)  # CUDA managed memory counts as CUDA
+    np.testing.assert_array_equal(a, before)
+
+
+def test_cuda_buffers_without_cupy_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(ImportError, match=r"pip install 'fastclip-rs\[cuda\]'.*cupy-cuda12x"):
+        fc.clip_grad_norm_([FakeDevice(2), Param(FakeDevice(2))], 1.0)
+    with pytest.raises(ImportError, match="CuPy"):
+        fc.get_total_norm(FakeDevice(2))
+
+
+def test_other_devices_are_rejected_with_their_name() -> None:
+    with pytest.raises(ValueError, match=r"grads\[1\] lives on a ROCm device"):
+        collect([np.ones(1), FakeDevice(10)])
+    with pytest.raises(ValueError, match="DLPack device type 99"):
+        collect([FakeDevice(99)])
+
+
+def test_device_kind() -> None:
+    assert _buffers.device_kind(np.ones(1)) == "cpu"
+    assert _buffers.device_kind(FakeDevice(1)) == "cpu"
+    assert _buffers.device_kind(FakeDevice(3)) == "cpu"  # pinned host memory
+    assert _buffers.device_kind(FakeDevice(2)) == "cuda"
+    assert _buffers.device_kind(FakeDevice(13)) == "cuda"
+
+
+def test_cpu_users_never_import_cupy_or_the_cuda_module() -> None:
+    code = (
+        "import sys, numpy as np, fastclip as fc\n"
+        "class P:\n"
+        "    def __init__(s, a): s.a = a\n"
+        "    def __dlpack__(s, **k): return s.a.__dlpack__(**k)\n"
+        "    def __dlpack_device__(s): return s.a.__dlpack_device__()\n"
+        "g = [np.ones(4), P(np.ones(3, np.float32))]\n"
+        "fc.clip_grad_norm_(g, 1.0); fc.clip_grad_value_(g, 0.1); fc.get_total_norm(g)\n"
+        "bad = [m for m in ('cupy', 'fastclip._cuda', 'torch') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
