@@ -146,3 +146,15 @@ def test_param_attr_create() -> None:
         fc.ParamAttr(initializer=lambda s, d: np.zeros(5, d)).create((2,))
     with pytest.raises(TypeError, match="dtype"):
         fc.ParamAttr().create((2,), np.int64)
+
+
+def test_docstring_examples() -> None:
+    """The examples in the docstrings of fastclip.param and fastclip.clip run and print what they say."""
+    import doctest
+
+    import fastclip.clip
+    import fastclip.param
+
+    for module in (fastclip.param, fastclip.clip):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0
