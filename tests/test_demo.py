@@ -154,3 +154,10 @@ def test_python_dash_m_fastclip_demo_runs() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "first non-finite" in done.stdout and not done.stderr
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    result = doctest.testmod(demo)
+    assert result.attempted > 0 and result.failed == 0

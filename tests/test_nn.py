@@ -427,3 +427,11 @@ def test_xavier_uniform_fans_and_gain() -> None:
         XavierUniform(fan_in=0.0, fan_out=0.0)((2, 2))
     with pytest.raises(ValueError):
         XavierUniform()((2, -1))
+
+
+@pytest.mark.parametrize("module", [nn, initializer], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module) -> None:
+    import doctest
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
