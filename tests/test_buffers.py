@@ -6,10 +6,9 @@ import subprocess
 import sys
 from typing import Any
 
+import fastclip as fc
 import numpy as np
 import pytest
-
-import fastclip as fc
 from fastclip import _buffers, _fastclip
 from fastclip._buffers import collect
 
