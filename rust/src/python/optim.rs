@@ -57,6 +57,20 @@ fn shapes(arrays: &Bound<'_, PyAny>) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// A shape as Python writes it: `(3,)`, `(2, 3)`, `()`.
+fn shape_str(s: &[usize]) -> String {
+    match s {
+        [n] => format!("({n},)"),
+        _ => format!(
+            "({})",
+            s.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 fn dtype_name(d: DType) -> &'static str {
     match d {
         DType::F32 => "float32",
@@ -118,8 +132,10 @@ fn check_lists(lists: &[(&Bound<'_, PyAny>, &'static str, bool)]) -> PyResult<Ve
         for (i, (s, ps)) in shapes(lists[k].0).iter().zip(&param_shapes).enumerate() {
             if s != ps {
                 return Err(PyValueError::new_err(format!(
-                    "{}[{i}] has shape {s:?} but params[{i}] has shape {ps:?}; they must match",
-                    l.name
+                    "{}[{i}] has shape {} but params[{i}] has shape {}; they must match",
+                    l.name,
+                    shape_str(s),
+                    shape_str(ps)
                 )));
             }
         }
