@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -309,8 +310,8 @@ def run(args: argparse.Namespace) -> int:
         }
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, allow_nan=False)
-        print(f"\nwrote {args.json}")
+        print(f"\nwrote {os.path.abspath(args.json)}")
     if args.plot:
         plot(curves, args.plot, args.seed)
-        print(f"\nwrote {args.plot}")
+        print(f"\nwrote {os.path.abspath(args.plot)}")
     return 0
