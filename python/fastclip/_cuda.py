@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -337,7 +337,10 @@ def total_of(norms: Sequence[float], p: float) -> float:
     if math.isinf(p) or m == 0.0 or math.isinf(m):
         return m
     if p == 1.0:
-        return math.fsum(norms)
+        try:
+            return math.fsum(norms)
+        except OverflowError:  # a sum of non-negative finite terms past the float64 range
+            return math.inf
     s = math.fsum((n / m) ** p for n in norms)
     return m * (math.sqrt(s) if p == 2.0 else s ** (1.0 / p))
 
@@ -553,18 +556,36 @@ def _contiguous(cp: Any, buffers: list[Buffer]) -> list[Any]:
     return [b.array if b.array.flags.c_contiguous else cp.ascontiguousarray(b.array) for b in buffers]
 
 
-def _launch_norm(cp: Any, kernel: Any, t: _Tables, mode: int, p: float, s1: np.ndarray, s2: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    n = len(t.block)
-    out_sum = cp.empty(n, dtype=cp.float64)
-    out_max = cp.empty(n, dtype=cp.float64)
-    if n:
-        kernel(
-            (n,), (THREADS,),
-            (t.ptrs, t.sizes, t.codes, cp.asarray(s1), cp.asarray(s2), t.block_tensor, t.block_start,
-             np.int64(CHUNK), np.int32(mode), np.float64(p), out_sum, out_max),
-        )  # fmt: skip
-    return per_tensor_partials(t.block, out_sum.get(), out_max.get())
+#: ``launch(indices, table, mode, s1, s2) -> (block_sum, block_max)``: run the norm kernel over the
+#: tensors ``indices`` (cut as ``table``), with per-tensor scale factors ``s1``, ``s2``.
+Launch = Callable[[Sequence[int], BlockTable, int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def norm_mode(p: float) -> int:
+    """The norm kernel's mode for order ``p``."""
+    return MODE_MAX if math.isinf(p) else MODE_P2 if p == 2.0 else MODE_P1 if p == 1.0 else MODE_P
+
+
+def compute_norms(sizes: Sequence[int], p: float, launch: Launch) -> tuple[list[float], float]:
+    """Per-tensor norms and the total for tensors of ``sizes`` elements, given ``launch`` (the
+    device kernel, or a NumPy stand-in in tests). One launch over all tensors; a second one, scaled
+    by 2^-e per tensor, over the tensors whose plain sum is out of range (see :func:`needs_rescale`).
+    """
+    k = len(sizes)
+    mode = norm_mode(p)
+    table = block_table(sizes)
+    ones = np.ones(k, dtype=np.float64)
+    sums, maxes = per_tensor_partials(table, *launch(range(k), table, mode, ones, ones))
+    exps = np.zeros(k, dtype=np.int64)
+    redo = np.flatnonzero(needs_rescale(sums, maxes, p))
+    if len(redo):
+        s1 = np.empty(len(redo))
+        s2 = np.empty(len(redo))
+        for j, i in enumerate(redo):
+            exps[i], s1[j], s2[j] = rescale_factors(float(maxes[i]))
+        sub = block_table([sizes[i] for i in redo])
+        sums[redo], _ = per_tensor_partials(sub, *launch(redo.tolist(), sub, mode, s1, s2))
+    return finish_norms(sums, maxes, exps, p)
 
 
 def norms(
@@ -590,22 +611,22 @@ def norms(
         arrays = _contiguous(cp, bufs)
         codes = [b.code for b in bufs]
         kernel = _kernels(dev)[0]
-        k = len(bufs)
-        ones = np.ones(k, dtype=np.float64)
-        mode = MODE_MAX if math.isinf(p) else MODE_P2 if p == 2.0 else MODE_P1 if p == 1.0 else MODE_P
-        t = _tables(cp, arrays, codes, dev)
-        sums, maxes = _launch_norm(cp, kernel, t, mode, p, ones, ones)
-        exps = np.zeros(k, dtype=np.int64)
-        redo = np.flatnonzero(needs_rescale(sums, maxes, p))
-        if len(redo):
-            sub = [arrays[i] for i in redo]
-            s1 = np.empty(len(redo))
-            s2 = np.empty(len(redo))
-            for j, i in enumerate(redo):
-                exps[i], s1[j], s2[j] = rescale_factors(float(maxes[i]))
-            ts = _tables(cp, sub, [codes[i] for i in redo], dev)
-            sums[redo], _ = _launch_norm(cp, kernel, ts, mode, p, s1, s2)
-    per, total = finish_norms(sums, maxes, exps, p)
+
+        def launch(idx: Sequence[int], table: BlockTable, mode: int, s1: np.ndarray, s2: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+            t = _tables(cp, [arrays[i] for i in idx], [codes[i] for i in idx], dev)
+            n = len(t.block)
+            out_sum = cp.empty(n, dtype=cp.float64)
+            out_max = cp.empty(n, dtype=cp.float64)
+            if n:
+                kernel(
+                    (n,), (THREADS,),
+                    (t.ptrs, t.sizes, t.codes, cp.asarray(s1), cp.asarray(s2), t.block_tensor, t.block_start,
+                     np.int64(CHUNK), np.int32(mode), np.float64(p), out_sum, out_max),
+                )  # fmt: skip
+            return out_sum.get(), out_max.get()  # waits for the stream
+
+        per, total = compute_norms([int(a.size) for a in arrays], p, launch)
     return (per if per_tensor else []), total
 
 
