@@ -40,9 +40,10 @@ def as_f64(a: np.ndarray) -> np.ndarray:
 def ref_norm(arrays: Iterable[np.ndarray], p: float) -> float:
     """The p-norm of all elements together, independent of fastclip.
 
-    Each element is split exactly as ``|x| = m * 2**e`` (``np.frexp``) so that nothing overflows or
-    underflows: ``sum |x|^p = 2**(p*E) * sum m^p * 2**(p*(e-E))`` with ``E = max e``; the sum is
-    ``math.fsum`` (exact summation of the rounded terms). Relative error a few ulps.
+    ``norm = M * (sum r_i^p)^(1/p)`` with ``M = max |x|`` and ``r_i = |x_i| / M <= 1``, each ratio formed
+    from the exact split ``|x| = m * 2**e`` (``np.frexp``) as ``(m_i / m_M) * 2**(e_i - E)``, so that
+    nothing overflows and the largest term is exactly 1 (no underflow to a zero sum, whatever p);
+    the sum is ``math.fsum``. Relative error a few ulps.
     """
     xs = [as_f64(a) for a in arrays]
     x = np.concatenate(xs) if xs else np.zeros(0)
@@ -59,11 +60,14 @@ def ref_norm(arrays: Iterable[np.ndarray], p: float) -> float:
     if nz.size == 0:
         return 0.0
     m, e = np.frexp(nz)
-    big = int(e.max())
-    terms = m**p * np.exp2(p * (e - big).astype(np.float64))
+    k = int(np.argmax(nz))
+    with np.errstate(under="ignore"):
+        r = (m / m[k]) * np.exp2((e - e[k]).astype(np.float64))
+        terms = r**p
     root = math.fsum(terms.tolist()) ** (1.0 / p)
+    m_root, e_root = math.frexp(root * float(m[k]))
     try:
-        return math.ldexp(root, big)
+        return math.ldexp(m_root, e_root + int(e[k]))
     except OverflowError:
         return math.inf
 
