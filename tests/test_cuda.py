@@ -14,8 +14,11 @@ Two parts:
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import fastclip as fc
@@ -307,11 +310,6 @@ def _cupy_arrays(dtype: Any, rng: np.random.Generator) -> tuple[list[np.ndarray]
     return host, dev
 
 
-def _bf16_dev(cp: Any, dev: list[Any], host: list[np.ndarray]) -> list[Any]:
-    """CuPy arrays of bf16 bits cannot say they are bf16: wrap them as torch would, if torch is here."""
-    return dev
-
-
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
@@ -412,3 +410,27 @@ def test_torch_cuda_matches_torch(name: str, p: float) -> None:
     coef = torch.tensor(min(1.0, 0.5 / (total + 1e-6)), dtype=torch.float32, device="cuda")
     for q, b in zip(mine.parameters(), before):
         torch.testing.assert_close(q.grad, (b.float() * coef).to(dtype), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts/gpu_check.sh: its own logic, without a GPU.
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.sh"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_dry_run_prints_the_table_last() -> None:
+    r = subprocess.run(["bash", str(SCRIPT), "--dry-run"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[-4].split()[:3] == ["dtype", "tensors", "elements"]
+    assert lines[-2].split()[:3] == ["float32", "148", "124,439,808"]  # GPT-2 small: 148 tensors, 124M
+    assert lines[-1].split()[0] == "bfloat16"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_rejects_bad_arguments() -> None:
+    for args in (["--iters", "0"], ["--iters", "x"], ["--nope"]):
+        r = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "gpu_check:" in r.stderr

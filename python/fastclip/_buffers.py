@@ -164,8 +164,8 @@ def as_numpy(obj: Any, name: str = "grads", pos: int = 0) -> np.ndarray:
     return arr.view(_BF16) if bf16 else arr
 
 
-def _mixed_devices(name: str, buffers: list[Any], positions: list[int], kinds: list[str]) -> ValueError:
-    first = {}
+def _mixed_devices(name: str, positions: list[int], kinds: list[str]) -> ValueError:
+    first: dict[str, int] = {}
     for k, p in zip(kinds, positions):
         first.setdefault(k, p)
     return ValueError(
@@ -182,7 +182,7 @@ def _finish(buffers: list[Any], positions: list[int], name: str) -> Collected:
     if CUDA not in kinds:
         return Collected([as_numpy(b, name, p) for b, p in zip(buffers, positions)], pos_or_none, CPU)
     if CPU in kinds:
-        raise _mixed_devices(name, buffers, positions, kinds)
+        raise _mixed_devices(name, positions, kinds)
     from . import _cuda  # imports CuPy (ImportError saying what to install if it is missing)
 
     return Collected(_cuda.as_buffers(buffers, name, positions), pos_or_none, CUDA)

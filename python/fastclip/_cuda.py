@@ -77,7 +77,7 @@ INSTALL_HINT = "pip install 'fastclip-rs[cuda]' (which installs cupy-cuda12x)"
 def cupy() -> Any:
     """The ``cupy`` module; ``ImportError`` saying what to install if it is missing."""
     try:
-        import cupy as cp
+        import cupy as cp  # type: ignore[import-not-found, unused-ignore]
     except ImportError as e:
         raise ImportError(f"fastclip needs CuPy for CUDA buffers: {INSTALL_HINT}") from e
     return cp
@@ -583,7 +583,7 @@ def compute_norms(sizes: Sequence[int], p: float, launch: Launch) -> tuple[list[
         s2 = np.empty(len(redo))
         for j, i in enumerate(redo):
             exps[i], s1[j], s2[j] = rescale_factors(float(maxes[i]))
-        sub = block_table([sizes[i] for i in redo])
+        sub = block_table([sizes[int(i)] for i in redo])
         sums[redo], _ = per_tensor_partials(sub, *launch(redo.tolist(), sub, mode, s1, s2))
     return finish_norms(sums, maxes, exps, p)
 
