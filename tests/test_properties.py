@@ -85,7 +85,10 @@ def _finite(grads: list[np.ndarray]) -> bool:
     return all(np.isfinite(g.astype(np.float64)).all() for g in grads)
 
 
-norm_types = st.one_of(st.sampled_from([1.0, 2.0, 3.0, 0.5, math.inf, "inf"]), st.floats(0.3, 12.0))
+norm_types = st.one_of(
+    st.sampled_from([1.0, 2.0, 3.0, 0.5, math.inf, "inf", 60.0, 1000.0]),  # p > 1074: see the xfail test
+    st.floats(0.3, 12.0),
+)
 
 
 @SETTINGS
