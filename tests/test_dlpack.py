@@ -113,9 +113,18 @@ def test_producer_nan_and_inf_behave_as_for_arrays() -> None:
 # PyTorch on the CPU.
 
 
+def _import_torch() -> Any:
+    """torch, or a skip: absent, or installed but unusable (e.g. a CUDA wheel missing its libraries)."""
+    try:
+        import torch
+    except Exception as e:
+        pytest.skip(f"torch is not usable here: {type(e).__name__}: {e}")
+    return torch
+
+
 @pytest.fixture(scope="module")
 def torch() -> Any:
-    return pytest.importorskip("torch")
+    return _import_torch()
 
 
 def _model(torch: Any, dtype: Any = None) -> Any:

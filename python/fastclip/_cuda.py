@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import cache
@@ -443,7 +444,12 @@ def _stream_for(cp: Any, objs: Sequence[Any], device_id: int) -> Any:
     ordered with torch's kernels); otherwise CuPy's current stream."""
     if any(_is_torch_tensor(o) for o in objs):
         torch = sys.modules["torch"]
-        return cp.cuda.ExternalStream(torch.cuda.current_stream(device_id).cuda_stream, device_id)
+        ts = torch.cuda.current_stream(device_id)
+        if hasattr(cp.cuda.Stream, "from_external") and hasattr(ts, "__cuda_stream__"):
+            return cp.cuda.Stream.from_external(ts)  # CuPy >= 14: the CUDA stream protocol
+        with warnings.catch_warnings():  # ExternalStream is deprecated from CuPy 14 on
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return cp.cuda.ExternalStream(ts.cuda_stream, device_id)
     with cp.cuda.Device(device_id):
         return cp.cuda.get_current_stream()
 
