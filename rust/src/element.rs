@@ -8,9 +8,13 @@
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
+use crate::isa::Isa;
+
 /// The arithmetic type a kernel runs in: `f32` or `f64`.
 pub trait Lane: Copy + Send + Sync + PartialOrd + core::fmt::Debug + 'static {
     const ZERO: Self;
+    /// Size in bytes (4 or 8): lets SIMD code pick its loads at compile time.
+    const BYTES: usize;
     /// Exact widening to f64.
     fn wide(self) -> f64;
     /// Round an f64 to this lane (nearest-even; overflow gives ±inf, as a C cast).
@@ -22,6 +26,7 @@ pub trait Lane: Copy + Send + Sync + PartialOrd + core::fmt::Debug + 'static {
 
 impl Lane for f32 {
     const ZERO: Self = 0.0;
+    const BYTES: usize = 4;
     #[inline(always)]
     fn wide(self) -> f64 {
         self as f64
@@ -46,6 +51,7 @@ impl Lane for f32 {
 
 impl Lane for f64 {
     const ZERO: Self = 0.0;
+    const BYTES: usize = 8;
     #[inline(always)]
     fn wide(self) -> f64 {
         self
@@ -77,10 +83,13 @@ pub trait Element: Copy + Send + Sync + 'static {
     type Lane: Lane;
     /// NumPy's name for the dtype, for messages.
     const NAME: &'static str;
-    /// Call `f` on the data as consecutive lane blocks, in order.
-    fn for_lane_blocks(x: &[Self], f: impl FnMut(&[Self::Lane]));
-    /// Call `f` on the data as consecutive mutable lane blocks, writing the results back.
-    fn map_lane_blocks(x: &mut [Self], f: impl FnMut(&mut [Self::Lane]));
+    /// Call `f` on the data as consecutive lane blocks, in order. Half types are widened with the
+    /// conversion instructions of `isa` (F16C for f16 on AVX2/AVX-512); every path gives the
+    /// same values, as the widening is exact.
+    fn for_lane_blocks(x: &[Self], isa: Isa, f: impl FnMut(&[Self::Lane]));
+    /// Call `f` on the data as consecutive mutable lane blocks, writing the results back
+    /// (rounded to nearest-even for half types, identically on every `isa`).
+    fn map_lane_blocks(x: &mut [Self], isa: Isa, f: impl FnMut(&mut [Self::Lane]));
     /// A bound such as a clip threshold, rounded to this dtype first (as Paddle and torch do),
     /// then widened to the lane exactly.
     fn bound(v: f64) -> Self::Lane;
@@ -92,11 +101,11 @@ macro_rules! native_element {
             type Lane = $t;
             const NAME: &'static str = $name;
             #[inline(always)]
-            fn for_lane_blocks(x: &[Self], mut f: impl FnMut(&[Self::Lane])) {
+            fn for_lane_blocks(x: &[Self], _isa: Isa, mut f: impl FnMut(&[Self::Lane])) {
                 f(x)
             }
             #[inline(always)]
-            fn map_lane_blocks(x: &mut [Self], mut f: impl FnMut(&mut [Self::Lane])) {
+            fn map_lane_blocks(x: &mut [Self], _isa: Isa, mut f: impl FnMut(&mut [Self::Lane])) {
                 f(x)
             }
             #[inline(always)]
@@ -109,28 +118,168 @@ macro_rules! native_element {
 native_element!(f32, "float32");
 native_element!(f64, "float64");
 
+/// Widening to f32 and rounding back, per half type and ISA. Each conversion is one loop over a
+/// block (<= [`HALF_BLOCK`] elements), compiled per ISA, so its call costs nothing per element.
+trait HalfConvert: Sized {
+    fn widen(src: &[Self], dst: &mut [f32], isa: Isa);
+    fn narrow(src: &[f32], dst: &mut [Self], isa: Isa);
+}
+
+impl HalfConvert for f16 {
+    #[inline(always)]
+    fn widen(src: &[f16], dst: &mut [f32], isa: Isa) {
+        match isa {
+            // SAFETY: the ISA was detected (Isa::available requires F16C with AVX2).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 => unsafe { f16c::widen(src, dst) },
+            _ => src.convert_to_f32_slice(dst),
+        }
+    }
+    #[inline(always)]
+    fn narrow(src: &[f32], dst: &mut [f16], isa: Isa) {
+        match isa {
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 => unsafe { f16c::narrow(src, dst) },
+            _ => dst.convert_from_f32_slice(src),
+        }
+    }
+}
+
+/// bf16 <-> f32 is integer work (a shift, and round-to-nearest-even on the bits), written once
+/// and autovectorized per ISA. Bitwise the same as `half`'s conversions, NaN quieting included.
+mod bf16_bits {
+    use half::bf16;
+
+    #[inline(always)]
+    pub fn widen_body(src: &[bf16], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            let b = s.to_bits() as u32;
+            // a NaN gets its quiet bit set, as half::bf16::to_f32 does
+            let b = if b & 0x7fff > 0x7f80 { b | 0x40 } else { b };
+            *d = f32::from_bits(b << 16);
+        }
+    }
+
+    #[inline(always)]
+    pub fn narrow_body(src: &[f32], dst: &mut [bf16]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            let x = s.to_bits();
+            let bits = if x & 0x7fff_ffff > 0x7f80_0000 {
+                (x >> 16) | 0x40 // NaN: keep the payload's top, make it quiet
+            } else {
+                (x + 0x7fff + ((x >> 16) & 1)) >> 16 // round to nearest, ties to even
+            };
+            *d = bf16::from_bits(bits as u16);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn widen_avx2(src: &[bf16], dst: &mut [f32]) {
+        widen_body(src, dst)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn narrow_avx2(src: &[f32], dst: &mut [bf16]) {
+        narrow_body(src, dst)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    pub fn widen_avx512(src: &[bf16], dst: &mut [f32]) {
+        widen_body(src, dst)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    pub fn narrow_avx512(src: &[f32], dst: &mut [bf16]) {
+        narrow_body(src, dst)
+    }
+}
+
+impl HalfConvert for bf16 {
+    #[inline(always)]
+    fn widen(src: &[bf16], dst: &mut [f32], isa: Isa) {
+        match isa {
+            // SAFETY: the ISA was detected.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { bf16_bits::widen_avx512(src, dst) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { bf16_bits::widen_avx2(src, dst) },
+            _ => bf16_bits::widen_body(src, dst),
+        }
+    }
+    #[inline(always)]
+    fn narrow(src: &[f32], dst: &mut [bf16], isa: Isa) {
+        match isa {
+            // SAFETY: the ISA was detected.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { bf16_bits::narrow_avx512(src, dst) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { bf16_bits::narrow_avx2(src, dst) },
+            _ => bf16_bits::narrow_body(src, dst),
+        }
+    }
+}
+
+/// f16 <-> f32 with F16C, 8 at a time; the tail goes through `half` (which also uses F16C).
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use half::f16;
+    use half::slice::HalfFloatSliceExt;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn widen(src: &[f16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let body = n - n % 8;
+        for i in (0..body).step_by(8) {
+            // SAFETY: i + 8 <= n for both slices; unaligned loads/stores.
+            unsafe {
+                let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            }
+        }
+        src[body..n].convert_to_f32_slice(&mut dst[body..n]);
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn narrow(src: &[f32], dst: &mut [f16]) {
+        let n = src.len().min(dst.len());
+        let body = n - n % 8;
+        for i in (0..body).step_by(8) {
+            // SAFETY: as in widen. Rounding: to nearest, ties to even (IEEE, as half does).
+            unsafe {
+                let v = _mm256_loadu_ps(src.as_ptr().add(i));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+            }
+        }
+        dst[body..n].convert_from_f32_slice(&src[body..n]);
+    }
+}
+
 macro_rules! half_element {
     ($t:ty, $name:literal) => {
         impl Element for $t {
             type Lane = f32;
             const NAME: &'static str = $name;
             #[inline(always)]
-            fn for_lane_blocks(x: &[Self], mut f: impl FnMut(&[f32])) {
+            fn for_lane_blocks(x: &[Self], isa: Isa, mut f: impl FnMut(&[f32])) {
                 let mut buf = [0f32; HALF_BLOCK];
                 for block in x.chunks(HALF_BLOCK) {
                     let lanes = &mut buf[..block.len()];
-                    block.convert_to_f32_slice(lanes);
+                    <$t>::widen(block, lanes, isa);
                     f(lanes);
                 }
             }
             #[inline(always)]
-            fn map_lane_blocks(x: &mut [Self], mut f: impl FnMut(&mut [f32])) {
+            fn map_lane_blocks(x: &mut [Self], isa: Isa, mut f: impl FnMut(&mut [f32])) {
                 let mut buf = [0f32; HALF_BLOCK];
                 for block in x.chunks_mut(HALF_BLOCK) {
                     let lanes = &mut buf[..block.len()];
-                    block.convert_to_f32_slice(lanes);
+                    <$t>::widen(block, lanes, isa);
                     f(lanes);
-                    block.convert_from_f32_slice(lanes);
+                    <$t>::narrow(lanes, block, isa);
                 }
             }
             #[inline(always)]

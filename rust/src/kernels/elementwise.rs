@@ -15,25 +15,25 @@ pub fn scale<E: Element>(x: &mut [E], factor: f64, isa: Isa) {
         Isa::Avx512 => unsafe { scale_avx512(x, f) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { scale_avx2(x, f) },
-        _ => scale_body(x, f),
+        _ => scale_body(x, f, Isa::Baseline),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 fn scale_avx512<E: Element>(x: &mut [E], f: E::Lane) {
-    scale_body(x, f)
+    scale_body(x, f, Isa::Avx512)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn scale_avx2<E: Element>(x: &mut [E], f: E::Lane) {
-    scale_body(x, f)
+    scale_body(x, f, Isa::Avx2)
 }
 
 #[inline(always)]
-fn scale_body<E: Element>(x: &mut [E], f: E::Lane) {
-    E::map_lane_blocks(x, |b| {
+fn scale_body<E: Element>(x: &mut [E], f: E::Lane, isa: Isa) {
+    E::map_lane_blocks(x, isa, |b| {
         for v in b.iter_mut() {
             *v = v.mul(f);
         }
@@ -50,25 +50,25 @@ pub fn clamp<E: Element>(x: &mut [E], lo: f64, hi: f64, isa: Isa) {
         Isa::Avx512 => unsafe { clamp_avx512(x, lo, hi) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { clamp_avx2(x, lo, hi) },
-        _ => clamp_body(x, lo, hi),
+        _ => clamp_body(x, lo, hi, Isa::Baseline),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 fn clamp_avx512<E: Element>(x: &mut [E], lo: E::Lane, hi: E::Lane) {
-    clamp_body(x, lo, hi)
+    clamp_body(x, lo, hi, Isa::Avx512)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn clamp_avx2<E: Element>(x: &mut [E], lo: E::Lane, hi: E::Lane) {
-    clamp_body(x, lo, hi)
+    clamp_body(x, lo, hi, Isa::Avx2)
 }
 
 #[inline(always)]
-fn clamp_body<E: Element>(x: &mut [E], lo: E::Lane, hi: E::Lane) {
-    E::map_lane_blocks(x, |b| {
+fn clamp_body<E: Element>(x: &mut [E], lo: E::Lane, hi: E::Lane, isa: Isa) {
+    E::map_lane_blocks(x, isa, |b| {
         for v in b.iter_mut() {
             let a = *v;
             *v = if a < lo {
