@@ -34,7 +34,10 @@ fn paths() -> Vec<(String, Isa)> {
         .into_iter()
         .map(|i| (i.name().to_string(), i))
         .collect();
-    v.push((format!("dispatched({})", isa::current().name()), isa::current()));
+    v.push((
+        format!("dispatched({})", isa::current().name()),
+        isa::current(),
+    ));
     v
 }
 

@@ -291,3 +291,100 @@ macro_rules! half_element {
 }
 half_element!(f16, "float16");
 half_element!(bf16, "bfloat16");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every one of the 65,536 bit patterns widens exactly as `half` does, on every ISA, and
+    /// rounds back to itself (NaNs to their quieted form, as `half` does).
+    fn exhaustive<H: Element<Lane = f32> + HalfConvert + PartialEq + core::fmt::Debug>(
+        from_bits: impl Fn(u16) -> H,
+        to_bits: impl Fn(H) -> u16,
+        to_f32: impl Fn(H) -> f32,
+        from_f32: impl Fn(f32) -> H,
+    ) {
+        let all: Vec<H> = (0..=u16::MAX).map(&from_bits).collect();
+        for isa in Isa::available() {
+            let mut wide = vec![0f32; all.len()];
+            for (src, dst) in all.chunks(HALF_BLOCK).zip(wide.chunks_mut(HALF_BLOCK)) {
+                H::widen(src, dst, isa);
+            }
+            let mut back = vec![from_bits(0); all.len()];
+            for (src, dst) in wide.chunks(HALF_BLOCK).zip(back.chunks_mut(HALF_BLOCK)) {
+                H::narrow(src, dst, isa);
+            }
+            for i in 0..all.len() {
+                assert_eq!(
+                    wide[i].to_bits(),
+                    to_f32(all[i]).to_bits(),
+                    "{isa:?} {i:#x}"
+                );
+                assert_eq!(
+                    to_bits(back[i]),
+                    to_bits(from_f32(wide[i])),
+                    "{isa:?} {i:#x}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn half_conversions_exhaustive_every_isa() {
+        exhaustive::<f16>(f16::from_bits, f16::to_bits, f16::to_f32, f16::from_f32);
+        exhaustive::<bf16>(bf16::from_bits, bf16::to_bits, bf16::to_f32, bf16::from_f32);
+    }
+
+    /// Rounding f32 -> half on every ISA equals `half` for values between representable halves:
+    /// ties, near-ties, overflow to inf, subnormals, odd block lengths (the non-SIMD tail).
+    #[test]
+    fn half_rounding_matches_half_every_isa() {
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        let mut vals: Vec<f32> = (0..50_001)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                f32::from_bits((s >> 32) as u32)
+            })
+            .collect();
+        vals.extend([
+            65520.0,
+            65519.99,
+            -65520.0,
+            1.0 + 1.0 / 2048.0,
+            6e-8,
+            3e-8,
+            f32::MAX,
+        ]);
+        vals.extend([
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            3.4e38,
+            -0.0,
+            f32::MIN_POSITIVE,
+        ]);
+        for isa in Isa::available() {
+            for n in [vals.len(), 7, 1, 0] {
+                let mut h = vec![f16::ZERO; n];
+                let mut b = vec![bf16::ZERO; n];
+                f16::narrow(&vals[..n], &mut h, isa);
+                bf16::narrow(&vals[..n], &mut b, isa);
+                for i in 0..n {
+                    assert_eq!(
+                        h[i].to_bits(),
+                        f16::from_f32(vals[i]).to_bits(),
+                        "{isa:?} {}",
+                        vals[i]
+                    );
+                    assert_eq!(
+                        b[i].to_bits(),
+                        bf16::from_f32(vals[i]).to_bits(),
+                        "{isa:?} {}",
+                        vals[i]
+                    );
+                }
+            }
+        }
+    }
+}

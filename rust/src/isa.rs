@@ -41,7 +41,9 @@ impl Isa {
                 && std::is_x86_feature_detected!("f16c")
             {
                 v.push(Isa::Avx2);
-                if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                {
                     v.push(Isa::Avx512);
                 }
             }

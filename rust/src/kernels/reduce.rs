@@ -341,19 +341,19 @@ mod simd {
                     ]
                 }
             };
-            for k in 0..4 {
+            for (a, v) in acc.iter_mut().zip(v) {
                 let t = if term == Term::Square {
-                    _mm256_mul_pd(v[k], v[k])
+                    _mm256_mul_pd(v, v)
                 } else {
-                    _mm256_andnot_pd(sign, v[k])
+                    _mm256_andnot_pd(sign, v)
                 };
-                acc[k] = _mm256_add_pd(acc[k], t);
+                *a = _mm256_add_pd(*a, t);
             }
         }
         let mut lanes = [0f64; LANES];
-        for k in 0..4 {
+        for (k, a) in acc.iter().enumerate() {
             // SAFETY: lanes has room for 4 f64 at 4k.
-            unsafe { _mm256_storeu_pd(lanes.as_mut_ptr().add(4 * k), acc[k]) };
+            unsafe { _mm256_storeu_pd(lanes.as_mut_ptr().add(4 * k), *a) };
         }
         finish(lanes, chunks.remainder(), term.scalar())
     }
@@ -377,19 +377,19 @@ mod simd {
                     [_mm512_loadu_pd(p), _mm512_loadu_pd(p.add(8))]
                 }
             };
-            for k in 0..2 {
+            for (a, v) in acc.iter_mut().zip(v) {
                 let t = if term == Term::Square {
-                    _mm512_mul_pd(v[k], v[k])
+                    _mm512_mul_pd(v, v)
                 } else {
-                    _mm512_abs_pd(v[k])
+                    _mm512_abs_pd(v)
                 };
-                acc[k] = _mm512_add_pd(acc[k], t);
+                *a = _mm512_add_pd(*a, t);
             }
         }
         let mut lanes = [0f64; LANES];
-        for k in 0..2 {
+        for (k, a) in acc.iter().enumerate() {
             // SAFETY: lanes has room for 8 f64 at 8k.
-            unsafe { _mm512_storeu_pd(lanes.as_mut_ptr().add(8 * k), acc[k]) };
+            unsafe { _mm512_storeu_pd(lanes.as_mut_ptr().add(8 * k), *a) };
         }
         finish(lanes, chunks.remainder(), term.scalar())
     }
@@ -471,7 +471,9 @@ mod tests {
 
     #[test]
     fn matches_reference_every_isa_and_dtype() {
-        for n in [0usize, 1, 7, 16, 17, 100, 4097, 10_000] {
+        for n in [
+            0usize, 1, 7, 15, 16, 17, 31, 100, 4095, 4096, 4097, 10_000, 40_003,
+        ] {
             let x = data(n, n as u64);
             let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
             let x16: Vec<f16> = x.iter().map(|&v| f16::from_f64(v)).collect();
@@ -481,10 +483,27 @@ mod tests {
                 let r32 = reference(&x32.iter().map(|&v| v as f64).collect::<Vec<_>>(), p);
                 let r16 = reference(&x16.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), p);
                 let rb = reference(&xb.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), p);
-                let first = norm_of(&x, p, Isa::Baseline);
+                let first = [
+                    norm_of(&x, p, Isa::Baseline),
+                    norm_of(&x32, p, Isa::Baseline),
+                    norm_of(&x16, p, Isa::Baseline),
+                    norm_of(&xb, p, Isa::Baseline),
+                ];
                 for isa in Isa::available() {
                     let got = norm_of(&x, p, isa);
-                    assert_eq!(got.to_bits(), first.to_bits(), "ISAs must agree bitwise");
+                    let all = [
+                        got,
+                        norm_of(&x32, p, isa),
+                        norm_of(&x16, p, isa),
+                        norm_of(&xb, p, isa),
+                    ];
+                    for (a, b) in all.iter().zip(&first) {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "ISAs must agree bitwise: n={n} p={p} {isa:?}"
+                        );
+                    }
                     for (g, r) in [
                         (got, r64),
                         (norm_of(&x32, p, isa), r32),
