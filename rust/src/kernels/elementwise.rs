@@ -126,7 +126,14 @@ mod tests {
     fn half_scale_rounds_once_exhaustive() {
         let h: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
         let b: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
-        for k in [0.1, 0.123456789, 0.7071067811865476, 0.999999, 1e-3, 3.0] {
+        for k in [
+            0.1,
+            0.123456789,
+            std::f64::consts::FRAC_1_SQRT_2,
+            0.999999,
+            1e-3,
+            3.0,
+        ] {
             let kf = k as f32 as f64;
             for isa in Isa::available() {
                 let (mut h2, mut b2) = (h.clone(), b.clone());
