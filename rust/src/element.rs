@@ -280,17 +280,14 @@ fn mul_round_to_odd(x: f32, f: f32) -> f32 {
     let p = exact as f32;
     let back = p as f64;
     let bits = p.to_bits();
-    if back != exact && bits & 1 == 0 && p.is_finite() {
-        // one ulp towards the exact value: up in magnitude if |p| < |exact|
-        let towards = if back.abs() < exact.abs() {
-            bits + 1
-        } else {
-            bits - 1
-        };
-        f32::from_bits(towards)
+    // branch-free so that it vectorizes: +1 or -1 ulp (two's complement) or nothing
+    let step = if back.abs() < exact.abs() {
+        1u32
     } else {
-        p
-    }
+        u32::MAX
+    };
+    let fix = (back != exact) & (bits & 1 == 0) & p.is_finite();
+    f32::from_bits(bits.wrapping_add(if fix { step } else { 0 }))
 }
 
 macro_rules! half_element {
