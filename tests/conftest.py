@@ -106,13 +106,37 @@ def torch_coef(max_norm: float, total: float) -> float:
 
 def scaled_ref(g: np.ndarray, coef: float) -> np.ndarray:
     """``g * coef`` as fastclip must compute it: float64 in float64; float32 times ``float32(coef)``;
-    f16/bf16 widened to float32, times ``float32(coef)``, rounded back once."""
+    f16/bf16 times ``float32(coef)`` exactly (in float64), then rounded once to the half type
+    (torch and ml_dtypes round twice, through a float32 product; fastclip does not)."""
     with np.errstate(all="ignore"):
         if g.dtype == np.float64:
             return g * np.float64(coef)
         if g.dtype == np.float32:
             return g * np.float32(coef)
-        return (g.astype(np.float32) * np.float32(coef)).astype(g.dtype)
+        return round_once(g.astype(np.float64) * np.float64(np.float32(coef)), g.dtype)
+
+
+def round_once(v: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float64 values rounded once to ``dtype`` (nearest, ties to even; past the largest finite
+    value by half an ulp or more, to inf; NaN stays NaN), found by search over the type's positive
+    values. ml_dtypes' float64 -> bfloat16 cast rounds twice (through float32), so it is no reference."""
+    bits = np.arange(0x8000, dtype=np.uint16)
+    with np.errstate(all="ignore"):
+        grid = bits.view(dtype).astype(np.float64)
+    top = int(np.argmax(np.isinf(grid)))  # first inf pattern
+    ext = grid[: top + 1].copy()
+    ext[top] = 2 * ext[top - 1] - ext[top - 2]  # inf stands one ulp past the largest finite value
+    a = np.abs(v)
+    hi = np.clip(np.searchsorted(ext, a, side="left"), 1, top)
+    lo = hi - 1
+    exact = ext[hi] == a
+    dl, dh = a - ext[lo], ext[hi] - a
+    pick = np.where(exact | (dh < dl) | ((dh == dl) & (hi % 2 == 0)), hi, lo).astype(np.uint16)
+    pick |= np.where(np.signbit(v), 0x8000, 0).astype(np.uint16)
+    out = pick.view(dtype)
+    nan = np.isnan(v)
+    out[nan] = v[nan].astype(dtype)  # keeps the sign (x86: inf * 0 is a negative NaN)
+    return out
 
 
 def bound(v: float, dtype: np.dtype) -> np.generic:

@@ -1,6 +1,7 @@
 //! Instruction-set selection, done once per process.
 //!
-//! Each kernel body is compiled three times on x86-64 (baseline SSE2, AVX2+FMA, AVX-512F) and
+//! Each kernel body is compiled three times on x86-64 (baseline SSE2, AVX2+FMA+F16C,
+//! AVX-512F+BW) and
 //! the best one the CPU supports is chosen at run time; no `target-cpu` is set at build time, so a
 //! wheel built anywhere runs on any x86-64. On aarch64 the baseline is NEON. `FASTCLIP_ISA`
 //! (`scalar`, `avx2`, `avx512`) forces a lower path for tests and benchmarks; asking for a path
@@ -34,9 +35,15 @@ impl Isa {
         let mut v = vec![Isa::Baseline];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // F16C (half <-> single conversions) ships with every AVX2 CPU; require it anyway.
+            if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
                 v.push(Isa::Avx2);
-                if std::is_x86_feature_detected!("avx512f") {
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                {
                     v.push(Isa::Avx512);
                 }
             }

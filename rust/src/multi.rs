@@ -87,13 +87,13 @@ impl<'a> TensorMut<'a> {
             TensorMut::BF16(x) => Tensor::BF16(x),
         }
     }
-    /// Split into chunks of at most `n` elements, in order.
-    fn into_chunks(self, n: usize) -> Vec<TensorMut<'a>> {
+    /// Append this tensor's chunks of at most `n` elements, in order, each with `op`.
+    fn push_chunks(self, n: usize, op: Op, out: &mut Vec<(TensorMut<'a>, Op)>) {
         match self {
-            TensorMut::F32(x) => x.chunks_mut(n).map(TensorMut::F32).collect(),
-            TensorMut::F64(x) => x.chunks_mut(n).map(TensorMut::F64).collect(),
-            TensorMut::F16(x) => x.chunks_mut(n).map(TensorMut::F16).collect(),
-            TensorMut::BF16(x) => x.chunks_mut(n).map(TensorMut::BF16).collect(),
+            TensorMut::F32(x) => out.extend(x.chunks_mut(n).map(|c| (TensorMut::F32(c), op))),
+            TensorMut::F64(x) => out.extend(x.chunks_mut(n).map(|c| (TensorMut::F64(c), op))),
+            TensorMut::F16(x) => out.extend(x.chunks_mut(n).map(|c| (TensorMut::F16(c), op))),
+            TensorMut::BF16(x) => out.extend(x.chunks_mut(n).map(|c| (TensorMut::BF16(c), op))),
         }
     }
 }
@@ -124,6 +124,11 @@ fn batch(sizes: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
     tasks
 }
 
+/// Whether a call over `total` elements goes to rayon: the one threading decision.
+pub fn parallel(total: usize) -> bool {
+    total >= PARALLEL_MIN && rayon::current_num_threads() > 1
+}
+
 /// Run `f` over `items`, on this thread when `total` (elements) is small, otherwise batched on
 /// rayon; `size` gives an item's element count. Returns outputs in item order. Every parallel
 /// loop in the crate goes through here (optimizer updates included).
@@ -133,7 +138,7 @@ pub fn run<I: Send, O: Send>(
     size: impl Fn(&I) -> usize,
     f: impl Fn(I) -> O + Sync,
 ) -> Vec<O> {
-    if total < PARALLEL_MIN || rayon::current_num_threads() <= 1 {
+    if !parallel(total) {
         return items.into_iter().map(f).collect();
     }
     let tasks = batch(items.iter().map(&size));
@@ -159,24 +164,37 @@ pub fn norms(tensors: &[Tensor<'_>], norm: NormType, per_tensor: bool) -> Norms 
 }
 
 pub fn norms_with(tensors: &[Tensor<'_>], norm: NormType, per_tensor: bool, isa: Isa) -> Norms {
-    let mut items = Vec::new();
-    let mut owner = Vec::new();
-    let mut total_len = 0;
-    for (i, t) in tensors.iter().enumerate() {
-        let n = t.len();
-        total_len += n;
-        let mut start = 0;
-        while start < n {
-            let end = (start + CHUNK).min(n);
-            items.push(t.slice(start, end));
-            owner.push(i);
-            start = end;
-        }
-    }
-    let partials = run(items, total_len, Tensor::len, |t| t.partial(norm, isa));
+    let total_len: usize = tensors.iter().map(Tensor::len).sum();
     let mut each = vec![Partial::ZERO; tensors.len()];
-    for (p, &i) in partials.iter().zip(&owner) {
-        each[i] = each[i].combine(*p, norm);
+    if parallel(total_len) {
+        let mut items = Vec::new();
+        let mut owner = Vec::new();
+        for (i, t) in tensors.iter().enumerate() {
+            let n = t.len();
+            let mut start = 0;
+            while start < n {
+                let end = (start + CHUNK).min(n);
+                items.push(t.slice(start, end));
+                owner.push(i);
+                start = end;
+            }
+        }
+        let partials = run(items, total_len, Tensor::len, |t| t.partial(norm, isa));
+        for (p, &i) in partials.iter().zip(&owner) {
+            each[i] = each[i].combine(*p, norm);
+        }
+    } else {
+        // The same chunks combined in the same order, without materializing the chunk list:
+        // this is what makes 100,000 tiny tensors cheap.
+        for (t, e) in tensors.iter().zip(each.iter_mut()) {
+            let n = t.len();
+            let mut start = 0;
+            while start < n {
+                let end = (start + CHUNK).min(n);
+                *e = e.combine(t.slice(start, end).partial(norm, isa), norm);
+                start = end;
+            }
+        }
     }
     let total = each
         .iter()
@@ -217,14 +235,27 @@ pub fn apply_each(tensors: Vec<TensorMut<'_>>, ops: &[Op]) {
 
 pub fn apply_each_with(tensors: Vec<TensorMut<'_>>, ops: &[Op], isa: Isa) {
     assert_eq!(tensors.len(), ops.len(), "one op per tensor");
-    let mut items = Vec::new();
-    let mut total_len = 0;
-    for (t, &op) in tensors.into_iter().zip(ops) {
-        if matches!(op, Op::Scale(f) if f == 1.0) || t.is_empty() {
-            continue;
+    let skip = |t: &TensorMut<'_>, op: Op| matches!(op, Op::Scale(f) if f == 1.0) || t.is_empty();
+    let total_len: usize = tensors
+        .iter()
+        .zip(ops)
+        .filter(|&(t, &op)| !skip(t, op))
+        .map(|(t, _)| t.len())
+        .sum();
+    if !parallel(total_len) {
+        // Elementwise results do not depend on chunking: one kernel call per tensor.
+        for (t, &op) in tensors.into_iter().zip(ops) {
+            if !skip(&t, op) {
+                apply(t, op, isa);
+            }
         }
-        total_len += t.len();
-        items.extend(t.into_chunks(CHUNK).into_iter().map(|c| (c, op)));
+        return;
+    }
+    let mut items = Vec::new();
+    for (t, &op) in tensors.into_iter().zip(ops) {
+        if !skip(&t, op) {
+            t.push_chunks(CHUNK, op, &mut items);
+        }
     }
     run(
         items,

@@ -163,29 +163,29 @@ pub fn partial_norm<E: Element>(x: &[E], norm: NormType, isa: Isa) -> Partial {
         Isa::Avx512 => unsafe { partial_norm_avx512(x, norm) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { partial_norm_avx2(x, norm) },
-        _ => partial_norm_body(x, norm),
+        _ => partial_norm_body(x, norm, Isa::Baseline),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 fn partial_norm_avx512<E: Element>(x: &[E], norm: NormType) -> Partial {
-    partial_norm_body(x, norm)
+    partial_norm_body(x, norm, Isa::Avx512)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn partial_norm_avx2<E: Element>(x: &[E], norm: NormType) -> Partial {
-    partial_norm_body(x, norm)
+    partial_norm_body(x, norm, Isa::Avx2)
 }
 
 #[inline(always)]
-fn partial_norm_body<E: Element>(x: &[E], norm: NormType) -> Partial {
+fn partial_norm_body<E: Element>(x: &[E], norm: NormType, isa: Isa) -> Partial {
     let p = match norm {
-        NormType::Inf => return Partial::plain(max_abs(x)),
+        NormType::Inf => return Partial::plain(max_abs(x, isa)),
         NormType::P(p) => p,
     };
-    let fast = sum_pow(x, p);
+    let fast = sum_pow(x, p, isa);
     if fast.is_finite() && fast >= SAFE_MIN {
         return Partial::plain(fast);
     }
@@ -193,7 +193,7 @@ fn partial_norm_body<E: Element>(x: &[E], norm: NormType) -> Partial {
         return Partial::plain(f64::NAN);
     }
     // Zero, possibly underflowed, or overflowed: look at the largest magnitude.
-    let m = max_abs(x);
+    let m = max_abs(x, isa);
     if m.is_nan() {
         return Partial::plain(f64::NAN);
     }
@@ -206,19 +206,19 @@ fn partial_norm_body<E: Element>(x: &[E], norm: NormType) -> Partial {
     let exp = frexp_exp(m);
     Partial {
         exp,
-        sum: sum_pow_scaled(x, p, exp),
+        sum: sum_pow_scaled(x, p, exp, isa),
     }
 }
 
 /// sum |x|^p in f64.
 #[inline(always)]
-fn sum_pow<E: Element>(x: &[E], p: f64) -> f64 {
+fn sum_pow<E: Element>(x: &[E], p: f64, isa: Isa) -> f64 {
     let mut total = 0.0;
-    E::for_lane_blocks(x, |b| {
+    E::for_lane_blocks(x, isa, |b| {
         total += if p == 2.0 {
-            sum_lanes(b, |v| v * v)
+            sum_terms(b, Term::Square, isa)
         } else if p == 1.0 {
-            sum_lanes(b, f64::abs)
+            sum_terms(b, Term::Abs, isa)
         } else {
             sum_lanes(b, |v| v.abs().powf(p))
         }
@@ -229,11 +229,11 @@ fn sum_pow<E: Element>(x: &[E], p: f64) -> f64 {
 /// sum (|x| * 2^-e)^p in f64: exact power-of-two scaling, applied in two steps so that
 /// 2^-e itself never overflows (e ranges over [-1073, 1024]).
 #[inline(always)]
-fn sum_pow_scaled<E: Element>(x: &[E], p: f64, e: i32) -> f64 {
+fn sum_pow_scaled<E: Element>(x: &[E], p: f64, e: i32, isa: Isa) -> f64 {
     let s1 = pow2_i(-(e / 2));
     let s2 = pow2_i(-(e - e / 2));
     let mut total = 0.0;
-    E::for_lane_blocks(x, |b| {
+    E::for_lane_blocks(x, isa, |b| {
         total += if p == 2.0 {
             sum_lanes(b, |v| {
                 let v = v * s1 * s2;
@@ -246,7 +246,8 @@ fn sum_pow_scaled<E: Element>(x: &[E], p: f64, e: i32) -> f64 {
     total
 }
 
-/// sum f(x as f64) with LANES accumulators combined in a fixed tree order.
+/// sum f(x as f64) with LANES accumulators combined in a fixed tree order: the reference
+/// order every ISA reproduces. Element `LANES * i + j` goes to accumulator `j`.
 #[inline(always)]
 fn sum_lanes<L: Lane>(x: &[L], f: impl Fn(f64) -> f64) -> f64 {
     let mut acc = [0f64; LANES];
@@ -256,8 +257,15 @@ fn sum_lanes<L: Lane>(x: &[L], f: impl Fn(f64) -> f64) -> f64 {
             acc[j] += f(c[j].wide());
         }
     }
+    finish(acc, chunks.remainder(), f)
+}
+
+/// The fixed end of every sum: accumulators combined pairwise (j += j + width, width 8, 4, 2,
+/// 1), then the tail (the last < LANES elements, in order) added to it.
+#[inline(always)]
+fn finish<L: Lane>(mut acc: [f64; LANES], rest: &[L], f: impl Fn(f64) -> f64) -> f64 {
     let mut tail = 0.0;
-    for &v in chunks.remainder() {
+    for &v in rest {
         tail += f(v.wide());
     }
     let mut width = LANES / 2;
@@ -270,12 +278,129 @@ fn sum_lanes<L: Lane>(x: &[L], f: impl Fn(f64) -> f64) -> f64 {
     acc[0] + tail
 }
 
+/// The two terms with a hand-vectorized sum: x^2 (the L2 norm) and |x| (L1).
+#[derive(Clone, Copy, PartialEq)]
+enum Term {
+    Square,
+    Abs,
+}
+
+impl Term {
+    #[inline(always)]
+    fn scalar(self) -> impl Fn(f64) -> f64 {
+        move |v: f64| if self == Term::Square { v * v } else { v.abs() }
+    }
+}
+
+/// sum term(x) with [`sum_lanes`]'s exact order and arithmetic (widen exactly, square or abs, add:
+/// no FMA, no reassociation), with explicit SIMD where the CPU has it. Autovectorizing the
+/// 16-accumulator f32 -> f64 body is unreliable (it was SLP-vectorized to 128-bit lanes and ran
+/// at half speed), so the AVX2/AVX-512 paths spell the same arithmetic out in intrinsics.
+#[inline(always)]
+fn sum_terms<L: Lane>(x: &[L], term: Term, isa: Isa) -> f64 {
+    match isa {
+        // SAFETY: the ISA was detected at run time (Isa::available).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { simd::sum_avx512(x, term) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { simd::sum_avx2(x, term) },
+        _ => sum_lanes(x, term.scalar()),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{LANES, Term, finish};
+    use crate::element::Lane;
+    use std::arch::x86_64::*;
+
+    /// AVX2: the 16 accumulators are four 4-lane f64 registers (register k holds lanes 4k..4k+3).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn sum_avx2<L: Lane>(x: &[L], term: Term) -> f64 {
+        let mut acc = [_mm256_setzero_pd(); 4];
+        let sign = _mm256_set1_pd(-0.0);
+        let mut chunks = x.chunks_exact(LANES);
+        for c in &mut chunks {
+            // SAFETY: c holds LANES = 16 elements of L (f32 or f64); unaligned loads.
+            let v: [__m256d; 4] = unsafe {
+                if L::BYTES == 4 {
+                    let p = c.as_ptr() as *const f32;
+                    [
+                        _mm256_cvtps_pd(_mm_loadu_ps(p)),
+                        _mm256_cvtps_pd(_mm_loadu_ps(p.add(4))),
+                        _mm256_cvtps_pd(_mm_loadu_ps(p.add(8))),
+                        _mm256_cvtps_pd(_mm_loadu_ps(p.add(12))),
+                    ]
+                } else {
+                    let p = c.as_ptr() as *const f64;
+                    [
+                        _mm256_loadu_pd(p),
+                        _mm256_loadu_pd(p.add(4)),
+                        _mm256_loadu_pd(p.add(8)),
+                        _mm256_loadu_pd(p.add(12)),
+                    ]
+                }
+            };
+            for (a, v) in acc.iter_mut().zip(v) {
+                let t = if term == Term::Square {
+                    _mm256_mul_pd(v, v)
+                } else {
+                    _mm256_andnot_pd(sign, v)
+                };
+                *a = _mm256_add_pd(*a, t);
+            }
+        }
+        let mut lanes = [0f64; LANES];
+        for (k, a) in acc.iter().enumerate() {
+            // SAFETY: lanes has room for 4 f64 at 4k.
+            unsafe { _mm256_storeu_pd(lanes.as_mut_ptr().add(4 * k), *a) };
+        }
+        finish(lanes, chunks.remainder(), term.scalar())
+    }
+
+    /// AVX-512: the 16 accumulators are two 8-lane f64 registers.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    pub fn sum_avx512<L: Lane>(x: &[L], term: Term) -> f64 {
+        let mut acc = [_mm512_setzero_pd(); 2];
+        let mut chunks = x.chunks_exact(LANES);
+        for c in &mut chunks {
+            // SAFETY: as in sum_avx2.
+            let v: [__m512d; 2] = unsafe {
+                if L::BYTES == 4 {
+                    let p = c.as_ptr() as *const f32;
+                    [
+                        _mm512_cvtps_pd(_mm256_loadu_ps(p)),
+                        _mm512_cvtps_pd(_mm256_loadu_ps(p.add(8))),
+                    ]
+                } else {
+                    let p = c.as_ptr() as *const f64;
+                    [_mm512_loadu_pd(p), _mm512_loadu_pd(p.add(8))]
+                }
+            };
+            for (a, v) in acc.iter_mut().zip(v) {
+                let t = if term == Term::Square {
+                    _mm512_mul_pd(v, v)
+                } else {
+                    _mm512_abs_pd(v)
+                };
+                *a = _mm512_add_pd(*a, t);
+            }
+        }
+        let mut lanes = [0f64; LANES];
+        for (k, a) in acc.iter().enumerate() {
+            // SAFETY: lanes has room for 8 f64 at 8k.
+            unsafe { _mm512_storeu_pd(lanes.as_mut_ptr().add(8 * k), *a) };
+        }
+        finish(lanes, chunks.remainder(), term.scalar())
+    }
+}
+
 /// max |x| as f64; NaN if any element is NaN (a NaN, once seen, is never replaced).
 #[inline(always)]
-fn max_abs<E: Element>(x: &[E]) -> f64 {
+fn max_abs<E: Element>(x: &[E], isa: Isa) -> f64 {
     let mut m = f64::NEG_INFINITY;
     let mut seen = false;
-    E::for_lane_blocks(x, |b| {
+    E::for_lane_blocks(x, isa, |b| {
         seen |= !b.is_empty();
         let bm = max_abs_lanes(b);
         m = if bm.is_nan() || m.is_nan() {
@@ -346,7 +471,9 @@ mod tests {
 
     #[test]
     fn matches_reference_every_isa_and_dtype() {
-        for n in [0usize, 1, 7, 16, 17, 100, 4097, 10_000] {
+        for n in [
+            0usize, 1, 7, 15, 16, 17, 31, 100, 4095, 4096, 4097, 10_000, 40_003,
+        ] {
             let x = data(n, n as u64);
             let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
             let x16: Vec<f16> = x.iter().map(|&v| f16::from_f64(v)).collect();
@@ -356,10 +483,27 @@ mod tests {
                 let r32 = reference(&x32.iter().map(|&v| v as f64).collect::<Vec<_>>(), p);
                 let r16 = reference(&x16.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), p);
                 let rb = reference(&xb.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), p);
-                let first = norm_of(&x, p, Isa::Baseline);
+                let first = [
+                    norm_of(&x, p, Isa::Baseline),
+                    norm_of(&x32, p, Isa::Baseline),
+                    norm_of(&x16, p, Isa::Baseline),
+                    norm_of(&xb, p, Isa::Baseline),
+                ];
                 for isa in Isa::available() {
                     let got = norm_of(&x, p, isa);
-                    assert_eq!(got.to_bits(), first.to_bits(), "ISAs must agree bitwise");
+                    let all = [
+                        got,
+                        norm_of(&x32, p, isa),
+                        norm_of(&x16, p, isa),
+                        norm_of(&xb, p, isa),
+                    ];
+                    for (a, b) in all.iter().zip(&first) {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "ISAs must agree bitwise: n={n} p={p} {isa:?}"
+                        );
+                    }
                     for (g, r) in [
                         (got, r64),
                         (norm_of(&x32, p, isa), r32),
