@@ -208,14 +208,27 @@ def test_total_of_does_not_overflow_or_underflow() -> None:
     assert _cuda.total_of([1.0, 5.0, 2.0], math.inf) == 5.0
 
 
-def test_rescale_factors_are_exact_powers_of_two() -> None:
+def test_rescale_factors_map_the_max_to_one_without_overflow() -> None:
     for m in [5e-324, 2.2e-308, 1e-200, 0.75, 1.0, 3.0, 1e200, 1.7976931348623157e308]:
-        e, s1, s2 = _cuda.rescale_factors(m)
-        frac = m / 2.0**e if e < 1000 else (m / 2.0**500) / 2.0 ** (e - 500)
-        assert 0.5 <= frac < 1.0
-        assert math.frexp(s1)[0] == 0.5 and math.frexp(s2)[0] == 0.5  # powers of two
-        assert math.isfinite(s1) and math.isfinite(s2)
-        assert (m * s1) * s2 == pytest.approx(frac, rel=1e-15) or m < 1e-300
+        scale, s1, s2 = _cuda.rescale_factors(m)
+        assert scale == m
+        assert math.frexp(s1)[0] == 0.5  # a power of two
+        assert math.isfinite(s1) and math.isfinite(s2) and s1 > 0 and s2 > 0
+        assert (m * s1) * s2 == pytest.approx(1.0, rel=1e-15)
+
+
+def test_huge_p_is_not_underflowed_away() -> None:
+    # (|x| / max)^p keeps the largest term at 1 however large p is
+    sizes = [2]
+    data = [np.array([0.5, 0.25])]
+
+    def launch(idx, table, mode, s1, s2):
+        sums = [float(np.sum((np.abs(data[i]) * a * b) ** 1100.0)) for i, a, b in zip(idx, s1, s2)]
+        maxes = [float(np.abs(data[i]).max()) for i in idx]
+        return np.array(sums), np.array(maxes)
+
+    per, total = _cuda.compute_norms(sizes, 1100.0, launch)
+    assert per == [0.5] and total == 0.5
 
 
 def test_check_disjoint_names_callers_positions() -> None:

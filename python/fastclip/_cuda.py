@@ -18,7 +18,7 @@ How one call runs (multi_tensor_apply style, one kernel launch for any number of
   (fixed per-thread order, fixed shared-memory tree: deterministic). The host adds each tensor's
   blocks in block order, then combines tensors with overflow-safe scaling (:func:`finish_norms`).
   A tensor whose plain sum is out of range (float64 entries ~1e200 or ~1e-200, or large p) is
-  redone scaled by an exact power of two from its max, as the CPU kernels do.
+  redone scaled by 1/max|x| (largest term 1), as the CPU kernels do.
 - ``fastclip_apply`` scales (``x <- x * f``) or clamps (``x <- min(max(x, lo), hi)``, NaN stays
   NaN) every tensor in place, rounding as the CPU path does: the factor is rounded to float32 for
   float32/float16/bfloat16 (float64 stays float64), the product rounded once to the storage dtype
@@ -293,8 +293,8 @@ def per_tensor_partials(table: BlockTable, block_sum: np.ndarray, block_max: np.
 
 def needs_rescale(sums: np.ndarray, maxes: np.ndarray, p: float) -> np.ndarray:
     """Tensors whose plain sum of |x|^p may have overflowed or lost terms to underflow, and that
-    hold a finite non-zero max (so a sum scaled by 2^-e, e = frexp exponent of the max, is exact
-    up to rounding). Never for p = inf."""
+    hold a finite non-zero max (so a sum scaled by 1/max is safe: its largest term is 1).
+    Never for p = inf."""
     if math.isinf(p):
         return np.zeros(len(sums), dtype=bool)
     with np.errstate(invalid="ignore"):
@@ -302,28 +302,23 @@ def needs_rescale(sums: np.ndarray, maxes: np.ndarray, p: float) -> np.ndarray:
     return ~in_range & ~np.isnan(sums) & np.isfinite(maxes) & (maxes > 0)
 
 
-def rescale_factors(max_abs: float) -> tuple[int, float, float]:
-    """``(e, s1, s2)`` with ``max_abs = f * 2^e``, ``f`` in [0.5, 1), and ``s1 * s2 = 2^-e``, each
-    factor an exact power of two that does not overflow (e ranges over [-1073, 1024])."""
-    e = math.frexp(max_abs)[1]
-    h = int(e / 2)  # truncates toward zero, as the CPU kernels' e / 2
-    return e, math.ldexp(1.0, -h), math.ldexp(1.0, -(e - h))
+def rescale_factors(max_abs: float) -> tuple[float, float, float]:
+    """``(m, s1, s2)`` with ``m = max_abs`` and ``s1 * s2 = 1/m`` split so that neither factor
+    overflows (``1/m`` alone does for subnormal ``m``): ``m = f * 2^e``, ``s1 = 2^-(e/2)``,
+    ``s2 = 2^-(e - e/2) / f``. The largest scaled term ``|x| * s1 * s2`` is then 1 (to rounding),
+    so no order p, however large, underflows it away (as the CPU kernels' sum of (|x|/m)^p)."""
+    f, e = math.frexp(max_abs)
+    h = int(e / 2)
+    return max_abs, math.ldexp(1.0, -h), math.ldexp(1.0 / f, -(e - h))
 
 
-def _ldexp(x: float, e: int) -> float:
-    try:
-        return math.ldexp(x, e)
-    except OverflowError:
-        return math.inf
-
-
-def tensor_norm(total: float, exp: int, p: float) -> float:
-    """The norm a tensor partial stands for: ``2^exp * total^(1/p)``, or ``total`` (the max) for
+def tensor_norm(total: float, scale: float, p: float) -> float:
+    """The norm a tensor partial stands for: ``scale * total^(1/p)``, or ``total`` (the max) for
     p = inf. NaN stays NaN."""
     if math.isinf(p) or math.isnan(total):
         return total
     root = math.sqrt(total) if p == 2.0 else total if p == 1.0 else total ** (1.0 / p)
-    return _ldexp(root, exp)
+    return root * scale
 
 
 def total_of(norms: Sequence[float], p: float) -> float:
@@ -346,11 +341,11 @@ def total_of(norms: Sequence[float], p: float) -> float:
     return m * (math.sqrt(s) if p == 2.0 else s ** (1.0 / p))
 
 
-def finish_norms(sums: np.ndarray, maxes: np.ndarray, exps: np.ndarray, p: float) -> tuple[list[float], float]:
-    """Per-tensor norms and the total from per-tensor partials ``(sum, max, exp)``: for p = inf
-    the norm is the max; otherwise ``2^exp * sum^(1/p)``."""
+def finish_norms(sums: np.ndarray, maxes: np.ndarray, scales: np.ndarray, p: float) -> tuple[list[float], float]:
+    """Per-tensor norms and the total from per-tensor partials ``(sum, max, scale)``: for p = inf
+    the norm is the max; otherwise ``scale * sum^(1/p)``."""
     src = maxes if math.isinf(p) else sums
-    per = [tensor_norm(float(s), int(e), p) for s, e in zip(src, exps)]
+    per = [tensor_norm(float(s), float(c), p) for s, c in zip(src, scales)]
     return per, total_of(per, p)
 
 
@@ -575,23 +570,23 @@ def norm_mode(p: float) -> int:
 def compute_norms(sizes: Sequence[int], p: float, launch: Launch) -> tuple[list[float], float]:
     """Per-tensor norms and the total for tensors of ``sizes`` elements, given ``launch`` (the
     device kernel, or a NumPy stand-in in tests). One launch over all tensors; a second one, scaled
-    by 2^-e per tensor, over the tensors whose plain sum is out of range (see :func:`needs_rescale`).
+    by 1/max|x| per tensor, over the tensors whose plain sum is out of range (see :func:`needs_rescale`).
     """
     k = len(sizes)
     mode = norm_mode(p)
     table = block_table(sizes)
     ones = np.ones(k, dtype=np.float64)
     sums, maxes = per_tensor_partials(table, *launch(range(k), table, mode, ones, ones))
-    exps = np.zeros(k, dtype=np.int64)
+    scales = np.ones(k, dtype=np.float64)
     redo = np.flatnonzero(needs_rescale(sums, maxes, p))
     if len(redo):
         s1 = np.empty(len(redo))
         s2 = np.empty(len(redo))
         for j, i in enumerate(redo):
-            exps[i], s1[j], s2[j] = rescale_factors(float(maxes[i]))
+            scales[i], s1[j], s2[j] = rescale_factors(float(maxes[i]))
         sub = block_table([sizes[int(i)] for i in redo])
         sums[redo], _ = per_tensor_partials(sub, *launch(redo.tolist(), sub, mode, s1, s2))
-    return finish_norms(sums, maxes, exps, p)
+    return finish_norms(sums, maxes, scales, p)
 
 
 def norms(

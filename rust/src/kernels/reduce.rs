@@ -3,9 +3,10 @@
 //! Accumulation is always in f64. For f32/f16/bf16 input that alone makes overflow and
 //! underflow impossible for p <= 2 (|x|^2 <= 1.2e77, min subnormal^2 ~ 2e-90). For f64 input a
 //! plain f64 sum can overflow (entries ~1e200) or underflow (entries ~1e-200), so a chunk whose
-//! fast sum is not safely in range is redone scaled by an exact power of two 2^-e chosen from
-//! its max |x| (Blue's / LAPACK nrm2 idea, but paid for only when needed). A partial is then the
-//! pair (e, s) with value (2^e)^p * s, and partials combine exactly in a fixed order.
+//! fast sum is not safely in range (and, for any p, a sum that over- or underflowed) is redone as
+//! sum (|x|/m)^p with m = max |x| (Blue's / LAPACK nrm2 idea, but paid for only when needed):
+//! its largest term is exactly 1, so even p in the thousands keeps it. A partial is then the pair
+//! (m, s) with value m^p * s, and partials combine in a fixed order.
 //!
 //! NaN anywhere gives NaN; +-inf gives +inf (for p-norms) as torch does.
 
@@ -40,23 +41,41 @@ impl NormType {
     }
 }
 
-/// The partial norm of some elements: for `P(p)`, the value sum |x|^p = (2^exp)^p * sum;
-/// for `Inf`, max |x| = sum (exp is 0). NaN propagates through `sum`.
+/// The partial norm of some elements: for `P(p)`, the value sum |x|^p = scale^p * sum;
+/// for `Inf`, max |x| = sum (scale is 1). NaN propagates through `sum`.
+///
+/// `scale` is 1 for a plain sum, and max |x| for a chunk redone scaled (its largest term is then
+/// exactly 1, so no p, however large, underflows it away).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Partial {
-    pub exp: i32,
+    pub scale: f64,
     pub sum: f64,
 }
 
+/// r^p for a ratio r in [0, 1]: r*r and r exactly as the kernels compute them, powf otherwise.
+fn pow_ratio(r: f64, p: f64) -> f64 {
+    if p == 2.0 {
+        r * r
+    } else if p == 1.0 {
+        r
+    } else {
+        r.powf(p)
+    }
+}
+
 impl Partial {
-    pub const ZERO: Partial = Partial { exp: 0, sum: 0.0 };
+    pub const ZERO: Partial = Partial {
+        scale: 1.0,
+        sum: 0.0,
+    };
 
     fn plain(sum: f64) -> Partial {
-        Partial { exp: 0, sum }
+        Partial { scale: 1.0, sum }
     }
 
-    /// Combine two partials. Exact up to one rounding of the sum, and order-sensitive only
-    /// through that rounding: callers combine in a fixed order.
+    /// Combine two partials: the smaller-scaled one is rescaled by (its scale / the larger)^p,
+    /// which underflows only for contributions negligible against the other. Order-sensitive
+    /// only through rounding: callers combine in a fixed order.
     pub fn combine(self, other: Partial, norm: NormType) -> Partial {
         match norm {
             NormType::Inf => {
@@ -80,23 +99,23 @@ impl Partial {
                 if self.sum == 0.0 {
                     return other;
                 }
-                if self.exp == other.exp {
+                if self.scale == other.scale {
                     return Partial {
-                        exp: self.exp,
+                        scale: self.scale,
                         sum: self.sum + other.sum,
                     };
                 }
-                let exp = self.exp.max(other.exp);
-                let rescale = |q: Partial| q.sum * pow2_f((q.exp - exp) as f64 * p);
+                let scale = self.scale.max(other.scale);
+                let rescale = |q: Partial| q.sum * pow_ratio(q.scale / scale, p);
                 Partial {
-                    exp,
+                    scale,
                     sum: rescale(self) + rescale(other),
                 }
             }
         }
     }
 
-    /// The norm this partial stands for: (2^exp) * sum^(1/p), or max |x|.
+    /// The norm this partial stands for: scale * sum^(1/p), or max |x|.
     pub fn norm(self, norm: NormType) -> f64 {
         match norm {
             NormType::Inf => self.sum,
@@ -108,51 +127,9 @@ impl Partial {
                 } else {
                     self.sum.powf(1.0 / p)
                 };
-                ldexp(root, self.exp)
+                root * self.scale
             }
         }
-    }
-}
-
-/// x * 2^e for any e in [-2200, 2200], exact when the result is normal.
-pub fn ldexp(x: f64, e: i32) -> f64 {
-    let half = e / 2;
-    x * pow2_i(half) * pow2_i(e - half)
-}
-
-/// 2^e as f64 for e in [-1074, 1023]; 0 or inf outside.
-fn pow2_i(e: i32) -> f64 {
-    if e > 1023 {
-        f64::INFINITY
-    } else if e >= -1022 {
-        f64::from_bits(((e + 1023) as u64) << 52)
-    } else if e >= -1074 {
-        f64::from_bits(1u64 << (e + 1074))
-    } else {
-        0.0
-    }
-}
-
-/// 2^k for real k, exact when k is an integer in range.
-fn pow2_f(k: f64) -> f64 {
-    if k == k.trunc() && k.abs() < 4000.0 {
-        let k = k as i32;
-        let half = k / 2;
-        pow2_i(half) * pow2_i(k - half)
-    } else {
-        k.exp2()
-    }
-}
-
-/// The binary exponent e of a finite non-zero m: m = f * 2^e with f in [0.5, 1).
-fn frexp_exp(m: f64) -> i32 {
-    let bits = m.to_bits();
-    let biased = ((bits >> 52) & 0x7ff) as i32;
-    if biased == 0 {
-        // subnormal: normalize first
-        frexp_exp(m * pow2_i(64)) - 64
-    } else {
-        biased - 1022
     }
 }
 
@@ -203,10 +180,9 @@ fn partial_norm_body<E: Element>(x: &[E], norm: NormType, isa: Isa) -> Partial {
     if m.is_infinite() {
         return Partial::plain(f64::INFINITY);
     }
-    let exp = frexp_exp(m);
     Partial {
-        exp,
-        sum: sum_pow_scaled(x, p, exp, isa),
+        scale: m,
+        sum: sum_pow_scaled(x, p, m, isa),
     }
 }
 
@@ -226,22 +202,14 @@ fn sum_pow<E: Element>(x: &[E], p: f64, isa: Isa) -> f64 {
     total
 }
 
-/// sum (|x| * 2^-e)^p in f64: exact power-of-two scaling, applied in two steps so that
-/// 2^-e itself never overflows (e ranges over [-1073, 1024]).
+/// sum (|x| / m)^p in f64 for m = max |x| (finite, non-zero): the largest term is exactly 1,
+/// so neither overflow nor underflow can lose it. A rare path (only for chunks whose plain sum
+/// left the safe range), so the division per element does not matter.
 #[inline(always)]
-fn sum_pow_scaled<E: Element>(x: &[E], p: f64, e: i32, isa: Isa) -> f64 {
-    let s1 = pow2_i(-(e / 2));
-    let s2 = pow2_i(-(e - e / 2));
+fn sum_pow_scaled<E: Element>(x: &[E], p: f64, m: f64, isa: Isa) -> f64 {
     let mut total = 0.0;
     E::for_lane_blocks(x, isa, |b| {
-        total += if p == 2.0 {
-            sum_lanes(b, |v| {
-                let v = v * s1 * s2;
-                v * v
-            })
-        } else {
-            sum_lanes(b, |v| (v.abs() * s1 * s2).powf(p))
-        }
+        total += sum_lanes(b, |v| pow_ratio(v.abs() / m, p));
     });
     total
 }
@@ -563,6 +531,23 @@ mod tests {
             assert!(norm_of(&y, f64::INFINITY, isa).is_nan());
             let y = [f32::NAN, f32::INFINITY];
             assert!(norm_of(&y, f64::INFINITY, isa).is_nan());
+        }
+    }
+
+    #[test]
+    fn huge_p_tends_to_the_max() {
+        for isa in Isa::available() {
+            // 0.5^1100 underflows, (0.75)^1e10 too; the norm must still be ~ max |x|
+            assert_eq!(norm_of(&[0.5f64, 0.25], 1100.0, isa), 0.5);
+            assert_eq!(norm_of(&[300.0f32, -400.0], 1e10, isa), 400.0);
+            let n = norm_of(&[0.3f64, 0.4], 5000.0, isa);
+            assert!((n - 0.4).abs() < 1e-15, "{n}");
+            // and across partials with different scales
+            let k = NormType::P(1100.0);
+            let a = partial_norm(&[0.5f64], k, isa);
+            let b = partial_norm(&[1e-300f64], k, isa);
+            assert_eq!(a.combine(b, k).norm(k), 0.5);
+            assert_eq!(b.combine(a, k).norm(k), 0.5);
         }
     }
 
