@@ -8,7 +8,7 @@ export MATURIN_NO_INSTALL_RUST := 1
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 PYTHON ?= python3
 
-.PHONY: all venv build test lint test-rust test-python demo bench bench-rust bench-python clean
+.PHONY: all venv build test lint test-rust test-python test-torch demo bench bench-rust bench-python clean
 
 all: build
 
@@ -39,6 +39,11 @@ test-python: build
 	$(PY) -m pytest -q
 
 test: build lint test-rust test-python
+
+# Optional: the DLPack tests against real torch (a large download: PyPI's Linux wheel pulls CUDA libraries).
+test-torch: build
+	$(PIP) install -q torch
+	$(PY) -m pytest -q tests/test_dlpack.py tests/test_buffers.py
 
 demo: build
 	$(PY) -m fastclip demo --plot demo.png
