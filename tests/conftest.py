@@ -194,3 +194,17 @@ def random_arrays(rng: np.random.Generator, dtype: Any, sizes: Iterable[int], sc
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20240611)
+
+
+class DLPackProducer:
+    """The smallest DLPack producer over a NumPy array: what torch / JAX CPU tensors look like to
+    fastclip (``__dlpack__`` + ``__dlpack_device__``, nothing else)."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = arr
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self.arr.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        return self.arr.__dlpack_device__()

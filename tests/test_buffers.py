@@ -9,6 +9,7 @@ from typing import Any
 import fastclip as fc
 import numpy as np
 import pytest
+from conftest import DLPackProducer
 from fastclip import _buffers, _fastclip
 from fastclip._buffers import collect
 
@@ -105,18 +106,8 @@ def test_items_that_are_not_buffers() -> None:
 
 
 def test_dlpack_items_are_viewed_without_copy() -> None:
-    class Producer:
-        def __init__(self, arr: np.ndarray) -> None:
-            self.arr = arr
-
-        def __dlpack__(self, **kwargs: Any) -> Any:
-            return self.arr.__dlpack__(**kwargs)
-
-        def __dlpack_device__(self) -> Any:
-            return self.arr.__dlpack_device__()
-
     a = np.arange(6.0).reshape(2, 3)
-    c = collect([Producer(a), Param(Producer(a.T))])
+    c = collect([DLPackProducer(a), Param(DLPackProducer(a.T))])
     assert np.shares_memory(c.arrays[0], a) and np.shares_memory(c.arrays[1], a)
     assert c.arrays[1].strides == a.T.strides
     assert c.device == "cpu"

@@ -27,6 +27,7 @@ import fastclip as fc
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import DLPackProducer
 from fastclip.clip import ClipStats
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -742,23 +743,10 @@ def test_property_constructor_errors_modify_nothing(spec: list[Any], bad: Any, w
     assert bits(list(grads)) == before
 
 
-class DLPackGrad:
-    """A minimal DLPack producer (what torch/JAX tensors look like to fastclip) over a NumPy array."""
-
-    def __init__(self, arr: np.ndarray) -> None:
-        self.arr = arr
-
-    def __dlpack__(self, **kwargs: Any) -> Any:
-        return self.arr.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self) -> Any:
-        return self.arr.__dlpack_device__()
-
-
 @pytest.mark.parametrize("clip", [fc.ClipGradByNorm(1.0), fc.ClipGradByGlobalNorm(1.0)], ids=str)
 def test_dlpack_grads_clipped_in_place(clip: fc.ClipGradBase) -> None:
     a = np.array([3.0, 4.0], np.float32)
-    wrapped = DLPackGrad(a)
+    wrapped = DLPackProducer(a)
     b = np.array([0.0, 0.0])
     frozen = fc.Parameter(np.zeros(2), need_clip=False)
     out = clip([(frozen, np.array([9.0, 9.0])), (None, None), (None, wrapped), (None, b)])

@@ -13,19 +13,7 @@ import fastclip as fc
 import ml_dtypes
 import numpy as np
 import pytest
-
-
-class Producer:
-    """The smallest DLPack producer: what torch / JAX tensors look like to fastclip, over a NumPy array."""
-
-    def __init__(self, arr: np.ndarray) -> None:
-        self.arr = arr
-
-    def __dlpack__(self, **kwargs: Any) -> Any:
-        return self.arr.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self) -> Any:
-        return self.arr.__dlpack_device__()
+from conftest import DLPackProducer as Producer
 
 
 def _ref_norm(arrays: list[np.ndarray], p: float) -> float:

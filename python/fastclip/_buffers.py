@@ -37,7 +37,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-__all__ = ["CPU", "CUDA", "Collected", "collect", "device_kind"]
+__all__ = ["CPU", "CUDA", "Collected", "collect", "device_kind", "exportable", "is_torch_tensor"]
 
 CPU = "cpu"
 CUDA = "cuda"
@@ -89,7 +89,7 @@ def _torch_tensor_type() -> type | None:
     return getattr(torch, "Tensor", None) if torch is not None else None
 
 
-def _is_torch_tensor(obj: Any) -> bool:
+def is_torch_tensor(obj: Any) -> bool:
     t = _torch_tensor_type()
     return t is not None and isinstance(obj, t)
 
@@ -123,7 +123,7 @@ def _buffer_of(obj: Any, name: str, pos: int) -> Any:
     for a parameter without a gradient."""
     if isinstance(obj, np.ndarray):
         return obj
-    if _is_torch_tensor(obj):
+    if is_torch_tensor(obj):
         # A Parameter (or any tensor that requires grad, or already holds one) stands for its
         # .grad; a plain tensor is itself the buffer although it has a .grad attribute (None).
         if obj.requires_grad or obj.grad is not None:
@@ -142,6 +142,19 @@ def _buffer_of(obj: Any, name: str, pos: int) -> Any:
     raise _not_a_buffer(obj, name, pos)
 
 
+def exportable(obj: Any) -> tuple[Any, bool]:
+    """``(producer, is_bf16_bits)``: what to hand to a DLPack consumer for ``obj``. A torch tensor
+    is detached (same memory; one that requires grad cannot be exported) and a torch bfloat16
+    tensor, which NumPy cannot import, becomes a uint16 view of its bits. Anything else as is."""
+    if not is_torch_tensor(obj):
+        return obj, False
+    torch = sys.modules["torch"]
+    obj = obj.detach()
+    if obj.dtype == torch.bfloat16:
+        return obj.view(torch.uint16), True
+    return obj, False
+
+
 def as_numpy(obj: Any, name: str = "grads", pos: int = 0) -> np.ndarray:
     """A NumPy view (no copy) of one CPU buffer.
 
@@ -151,12 +164,7 @@ def as_numpy(obj: Any, name: str = "grads", pos: int = 0) -> np.ndarray:
     """
     if isinstance(obj, np.ndarray):
         return obj
-    bf16 = False
-    if _is_torch_tensor(obj):
-        torch = sys.modules["torch"]
-        obj = obj.detach()
-        if obj.dtype == torch.bfloat16:
-            obj, bf16 = obj.view(torch.uint16), True
+    obj, bf16 = exportable(obj)
     try:
         arr = np.from_dlpack(obj)
     except (BufferError, RuntimeError, TypeError, ValueError) as e:

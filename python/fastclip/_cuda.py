@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from ._buffers import exportable, is_torch_tensor
+
 __all__ = [
     "CHUNK",
     "KERNEL_SOURCE",
@@ -429,15 +431,10 @@ class Buffer:
         return f"Buffer({_CODE_NAMES[self.code]}, shape={tuple(self.array.shape)}, cuda:{self.device_id})"
 
 
-def _is_torch_tensor(obj: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.Tensor)
-
-
 def _stream_for(cp: Any, objs: Sequence[Any], device_id: int) -> Any:
     """torch's current stream on the device when any producer is a torch tensor (work is then
     ordered with torch's kernels); otherwise CuPy's current stream."""
-    if any(_is_torch_tensor(o) for o in objs):
+    if any(is_torch_tensor(o) for o in objs):
         torch = sys.modules["torch"]
         ts = torch.cuda.current_stream(device_id)
         if hasattr(cp.cuda.Stream, "from_external") and hasattr(ts, "__cuda_stream__"):
@@ -472,12 +469,7 @@ def as_buffers(objs: Sequence[Any], name: str = "grads", positions: Sequence[int
     bf16_name = "bfloat16"
     with cp.cuda.Device(dev), stream:
         for o, p in zip(objs, pos):
-            bf16 = False
-            if _is_torch_tensor(o):
-                torch = sys.modules["torch"]
-                o = o.detach()
-                if o.dtype == torch.bfloat16:
-                    o, bf16 = o.view(torch.uint16), True
+            o, bf16 = exportable(o)
             try:
                 arr = cp.from_dlpack(o)
             except (BufferError, RuntimeError, TypeError, ValueError) as e:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._buffers import collect
+from ._buffers import Collected, collect
 from ._checks import norm_type as _norm_type
 from ._checks import number as _number
 from ._checks import threshold as _threshold
@@ -37,8 +37,12 @@ def get_total_norm(grads: Any, norm_type: float | str = 2.0, error_if_nonfinite:
     >>> fc.get_total_norm([np.array([3.0, 0.0]), np.array([4.0])])
     5.0
     """
-    p = _norm_type(norm_type)
-    c = collect(grads)
+    return _total_norm(collect(grads), _norm_type(norm_type), error_if_nonfinite)
+
+
+def _total_norm(c: Collected, p: float, error_if_nonfinite: bool) -> float:
+    """The total p-norm of collected buffers (0.0 for none); ``RuntimeError`` when asked to refuse
+    a non-finite one."""
     if not c.arrays:
         return 0.0
     _, total = c.ops.norms(c.arrays, p, False, "grads", c.positions)
@@ -103,16 +107,9 @@ def clip_grad_norm_(
     m = _threshold(max_norm, "max_norm")
     p = _norm_type(norm_type)
     c = collect(grads)  # read a generator once; both passes use this list
-    if not c.arrays:
-        return 0.0
-    _, total = c.ops.norms(c.arrays, p, False, "grads", c.positions)
-    if error_if_nonfinite and not math.isfinite(total):
-        raise RuntimeError(
-            f"The total norm of order {p} for gradients is non-finite ({total}), so it cannot be clipped. "
-            "To disable this error and scale the gradients by the non-finite norm anyway, "
-            "set `error_if_nonfinite=False`"
-        )
-    c.ops.scale_(c.arrays, _coefficient(m, total), "grads", c.positions)
+    total = _total_norm(c, p, error_if_nonfinite)
+    if c.arrays:
+        c.ops.scale_(c.arrays, _coefficient(m, total), "grads", c.positions)
     return total
 
 
