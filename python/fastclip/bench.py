@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _fastclip
+from .functional import clip_grad_norm_
 
 # ---------------------------------------------------------------------------------------------
 # Workloads
@@ -111,10 +112,7 @@ class Shrinking:
 
 
 def fastclip_global(gs: list[np.ndarray], c: float) -> float:
-    _, total = _fastclip.norms(gs, 2.0, False)
-    coef = c / (total + EPS)
-    _fastclip.scale_(gs, coef if coef < 1.0 else 1.0)
-    return total
+    return clip_grad_norm_(gs, c)  # the public call (one fused extension call for a list of arrays)
 
 
 def fastclip_per_tensor(gs: list[np.ndarray], c: float) -> None:
