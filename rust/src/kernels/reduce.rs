@@ -345,6 +345,7 @@ mod simd {
         let sign = _mm256_set1_pd(-0.0);
         let mut chunks = x.chunks_exact(LANES);
         for c in &mut chunks {
+            _mm_prefetch::<_MM_HINT_T0>((c.as_ptr() as *const i8).wrapping_add(PREFETCH));
             // SAFETY: c holds LANES = 16 elements of L (f32 or f64); unaligned loads.
             let v: [__m256d; 4] = unsafe {
                 if L::BYTES == 4 {
@@ -388,6 +389,7 @@ mod simd {
         let mut acc = [_mm512_setzero_pd(); 2];
         let mut chunks = x.chunks_exact(LANES);
         for c in &mut chunks {
+            _mm_prefetch::<_MM_HINT_T0>((c.as_ptr() as *const i8).wrapping_add(PREFETCH));
             // SAFETY: as in sum_avx2.
             let v: [__m512d; 2] = unsafe {
                 if L::BYTES == 4 {
