@@ -273,3 +273,47 @@ def test_failed_call_leaves_a_generator_consumed_but_buffers_intact():
     total = fc.clip_grad_norm_(arrays, 0.5)
     assert total > 0.5
     assert fc.get_total_norm(arrays) <= 0.5 * (1 + 1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# clip_grad_norm_'s fused fast path (one extension call for a plain list of arrays) gives the
+# same errors, in the same order, as the general path (norms, policy, then the in-place checks)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fast_path_defers_to_the_general_path_when_a_later_item_is_not_an_array():
+    # the general path rejects the non-buffer item while collecting, before any dtype check
+    good = _good()
+    grads = [np.zeros(3, np.int32), *good, object()]
+    match = r"grads\[4\] must be a numpy.ndarray, a DLPack"
+    _check(lambda g: fc.clip_grad_norm_(g, 0.5), grads, good, TypeError, match)
+
+
+def test_fast_path_nonfinite_error_comes_before_read_only():
+    # a norms pass then a scale_ call: the policy's RuntimeError precedes the in-place checks
+    arrays = [np.array([np.nan, 1.0], np.float32), np.ones(3, np.float32)]
+    arrays[1].flags.writeable = False
+    _check(lambda g: fc.clip_grad_norm_(g, 0.5, error_if_nonfinite=True), arrays, arrays, RuntimeError, "non-finite")
+    _check(lambda g: fc.clip_grad_norm_(g, 0.5), arrays, arrays, ValueError, r"grads\[1\] is read-only")
+
+
+def test_fast_path_overlap_found_after_a_clean_call_on_other_buffers():
+    # the last list found disjoint is remembered per thread; a different list is checked afresh
+    a, b = np.ones(8, np.float32) * 3, np.ones(8, np.float32) * 3
+    fc.clip_grad_norm_([a, b], 0.5)
+    fc.clip_grad_norm_([a, b], 0.5)  # the same buffers again
+    copies = [a.copy(), b.copy()]
+    for grads in ([a, b, a], [a, b, a[2:]], [b, a[1:4], b[::2]]):
+        with pytest.raises(ValueError, match="share memory"):
+            fc.clip_grad_norm_(grads, 0.5)
+        _assert_untouched([a, b], copies)
+
+
+def test_fast_path_mixed_list_falls_back_and_clips(rng):
+    arrays = [rng.standard_normal(100).astype(np.float32) * 3 for _ in range(3)]
+    expected = [a.copy() for a in arrays]
+    fc.clip_grad_norm_(expected, 1.0)
+    got = [arrays[0], Param(arrays[1]), Param(None), arrays[2]]
+    assert fc.clip_grad_norm_(got, 1.0) > 1.0
+    for a, e in zip(arrays, expected):
+        assert same_bits(a, e)

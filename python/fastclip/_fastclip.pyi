@@ -1,10 +1,22 @@
 """Stubs for the compiled extension ``fastclip._fastclip`` (thin bindings over the Rust core)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["CHUNK", "PARALLEL_MIN", "adam_", "clamp_", "isa", "momentum_", "norms", "scale_", "sgd_"]
+__all__ = [
+    "CHUNK",
+    "PARALLEL_MIN",
+    "NotArrays",
+    "adam_",
+    "clamp_",
+    "isa",
+    "momentum_",
+    "norm_scale_",
+    "norms",
+    "scale_",
+    "sgd_",
+]
 
 CHUNK: int
 PARALLEL_MIN: int
@@ -17,6 +29,20 @@ def norms(
     positions: Sequence[int] | None = None,
 ) -> tuple[list[float], float]:
     """Each array's p-norm and the total p-norm (float64). Raises TypeError/ValueError."""
+
+class NotArrays(TypeError):
+    """Raised by ``norm_scale_`` when an item is not a numpy.ndarray (nothing was touched): the
+    caller converts the list on the general path and calls again."""
+
+def norm_scale_(
+    arrays: list[np.ndarray] | tuple[np.ndarray, ...],
+    norm_type: float,
+    coefficient: Callable[[float], float],
+    name: str = "grads",
+    positions: Sequence[int] | None = None,
+) -> float:
+    """The total p-norm, then arrays[i] *= coefficient(total) in place; returns the total.
+    Checks as norms() then scale_() would; if coefficient raises, nothing is modified."""
 
 def scale_(
     arrays: list[np.ndarray] | tuple[np.ndarray, ...],

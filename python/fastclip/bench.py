@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _fastclip
+from .functional import clip_grad_norm_
 
 # ---------------------------------------------------------------------------------------------
 # Workloads
@@ -111,10 +112,7 @@ class Shrinking:
 
 
 def fastclip_global(gs: list[np.ndarray], c: float) -> float:
-    _, total = _fastclip.norms(gs, 2.0, False)
-    coef = c / (total + EPS)
-    _fastclip.scale_(gs, coef if coef < 1.0 else 1.0)
-    return total
+    return clip_grad_norm_(gs, c)  # the public call (one fused extension call for a list of arrays)
 
 
 def fastclip_per_tensor(gs: list[np.ndarray], c: float) -> None:
@@ -300,6 +298,24 @@ def busy_core_experiment(scale: float, reps: int, budget_s: float) -> dict[str, 
     }
 
 
+def overhead_experiment(tensors: int, reps: int, budget_s: float) -> dict[str, Any]:
+    """The fixed cost per tensor of one ``clip_grad_norm_`` call on ``tensors`` one-element float32
+    arrays: with the same list as the previous call (a training loop that keeps its gradient
+    buffers, as torch does), and alternating between two lists (new buffers every step)."""
+    a = [np.ones(1, np.float32) for _ in range(tensors)]
+    b = [np.ones(1, np.float32) for _ in range(tensors)]
+    thr = Shrinking(math.sqrt(tensors))
+    same = median_time(lambda: clip_grad_norm_(a, thr.next()), reps, budget_s)
+    turn = [a, b]
+
+    def alternate() -> None:
+        turn.reverse()
+        clip_grad_norm_(turn[0], thr.next())
+
+    other = median_time(alternate, reps, budget_s)
+    return {"tensors": tensors, "same_list_s": same, "other_list_s": other}
+
+
 def machine() -> dict[str, Any]:
     model = platform.processor() or platform.machine()
     try:
@@ -342,7 +358,7 @@ def run_all(scale: float, reps: int, budget_s: float, progress: bool, busy: bool
         impls["torch"] = torch_impls(torch)
     wls = workloads(scale)
     ops = ("global", "per-tensor", "value")
-    bar = Progress(len(wls) * (1 + len(ops) * len(impls)) + (1 if busy else 0), progress)
+    bar = Progress(len(wls) * (1 + len(ops) * len(impls)) + 1 + (1 if busy else 0), progress)
     rows: list[dict[str, Any]] = []
     for name, dtype, shapes in wls:
         gs = make_arrays(dtype, shapes)
@@ -380,6 +396,8 @@ def run_all(scale: float, reps: int, budget_s: float, progress: bool, busy: bool
             rows.append(row)
         del gs
     result: dict[str, Any] = {"machine": machine(), "scale": scale, "rows": rows}
+    result["overhead"] = overhead_experiment(100_000, reps, budget_s)
+    bar.step("per-tensor overhead")
     if busy:
         result["busy_core"] = busy_core_experiment(scale, reps, budget_s)
         bar.step("busy-core experiment")
@@ -421,6 +439,14 @@ def report(result: dict[str, Any]) -> str:
             line += f" {t.get('torch', float('nan')) * 1e3:>8.2f}ms {r.get('speedup_vs_torch', float('nan')):>7.1f}x"
         line += f" {_fmt_bytes(r['fastclip_peak_extra_bytes']):>10} {r['norm_rel_err']:>8.1e}"
         lines.append(line)
+    o = result.get("overhead")
+    if o:
+        n = o["tensors"]
+        lines.append(
+            f"per-tensor overhead of clip_grad_norm_ on {n:,} one-element arrays: "
+            f"{o['same_list_s'] / n * 1e9:.0f} ns (the same list as the previous call), "
+            f"{o['other_list_s'] / n * 1e9:.0f} ns (a different list each call)"
+        )
     b = result.get("busy_core")
     if b:
         lines.append(

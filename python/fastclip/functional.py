@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._buffers import Collected, collect
+from . import _fastclip
+from ._buffers import CPU, Collected, collect
 from ._checks import norm_type as _norm_type
 from ._checks import number as _number
 from ._checks import threshold as _threshold
@@ -40,18 +41,23 @@ def get_total_norm(grads: Any, norm_type: float | str = 2.0, error_if_nonfinite:
     return _total_norm(collect(grads), _norm_type(norm_type), error_if_nonfinite)
 
 
-def _total_norm(c: Collected, p: float, error_if_nonfinite: bool) -> float:
-    """The total p-norm of collected buffers (0.0 for none); ``RuntimeError`` when asked to refuse
-    a non-finite one."""
-    if not c.arrays:
-        return 0.0
-    _, total = c.ops.norms(c.arrays, p, False, "grads", c.positions)
+def _refuse_nonfinite(total: float, p: float, error_if_nonfinite: bool) -> None:
+    """torch's ``error_if_nonfinite``: ``RuntimeError`` for a NaN/inf total, before anything is scaled."""
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(
             f"The total norm of order {p} for gradients is non-finite ({total}), so it cannot be clipped. "
             "To disable this error and scale the gradients by the non-finite norm anyway, "
             "set `error_if_nonfinite=False`"
         )
+
+
+def _total_norm(c: Collected, p: float, error_if_nonfinite: bool) -> float:
+    """The total p-norm of collected buffers (0.0 for none); ``RuntimeError`` when asked to refuse
+    a non-finite one."""
+    if not c.arrays:
+        return 0.0
+    _, total = c.ops.norms(c.arrays, p, False, "grads", c.positions)
+    _refuse_nonfinite(total, p, error_if_nonfinite)
     return total
 
 
@@ -106,10 +112,26 @@ def clip_grad_norm_(
     """
     m = _threshold(max_norm, "max_norm")
     p = _norm_type(norm_type)
+
+    def coefficient(total: float) -> float:
+        # the policy, called once between the norm pass and the scaling pass
+        _refuse_nonfinite(total, p, error_if_nonfinite)
+        return _coefficient(m, total)
+
+    if type(grads) is list:
+        # The fast path: one extension call checks the list once, measures, asks `coefficient`,
+        # scales. It raises NotArrays (before touching anything) if an item is not an ndarray.
+        try:
+            return _fastclip.norm_scale_(grads, p, coefficient)
+        except _fastclip.NotArrays:
+            pass
     c = collect(grads)  # read a generator once; both passes use this list
-    total = _total_norm(c, p, error_if_nonfinite)
-    if c.arrays:
-        c.ops.scale_(c.arrays, _coefficient(m, total), "grads", c.positions)
+    if not c.arrays:
+        return 0.0
+    if c.device == CPU:
+        return _fastclip.norm_scale_(c.arrays, p, coefficient, "grads", c.positions)
+    total = _total_norm(c, p, error_if_nonfinite=False)
+    c.ops.scale_(c.arrays, coefficient(total), "grads", c.positions)
     return total
 
 

@@ -6,13 +6,27 @@
 //! is taken and released as a whole, so waiting cannot deadlock. The common case (no other call in
 //! flight) costs one uncontended lock.
 
+use std::cell::Cell;
 use std::sync::{Condvar, Mutex};
 
 struct Claim {
     id: u64,
     write: bool,
-    /// Half-open byte ranges, sorted by start once another claim needs comparing.
+    /// Half-open, non-empty byte ranges; sorted by start only once another claim needs comparing
+    /// (an uncontended call never sorts).
     ranges: Vec<(usize, usize)>,
+    sorted: bool,
+    /// The smallest start and the largest end: claims whose spans are apart never compare ranges.
+    span: (usize, usize),
+}
+
+impl Claim {
+    fn sort(&mut self) {
+        if !self.sorted {
+            self.ranges.sort_unstable();
+            self.sorted = true;
+        }
+    }
 }
 
 struct Registry {
@@ -25,6 +39,12 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     active: Vec::new(),
 });
 static RELEASED: Condvar = Condvar::new();
+
+thread_local! {
+    /// The range list of this thread's last released claim, reused so that a call on 100,000
+    /// tensors does not allocate (and page-fault in) a fresh list each time.
+    static SPARE: Cell<Vec<(usize, usize)>> = const { Cell::new(Vec::new()) };
+}
 
 /// Held while a call works on its buffers; dropping it releases the claim.
 #[must_use]
@@ -47,40 +67,57 @@ fn intersect(a: &[(usize, usize)], b: &[(usize, usize)]) -> bool {
 
 /// Claim `ranges` (byte ranges; empty ones ignored) for reading or writing, waiting while a
 /// conflicting claim is active.
-pub fn claim(ranges: Vec<(usize, usize)>, write: bool) -> ClaimGuard {
-    let mut ranges: Vec<(usize, usize)> = ranges.into_iter().filter(|r| r.0 < r.1).collect();
-    let mut sorted = false;
+pub fn claim(ranges: impl IntoIterator<Item = (usize, usize)>, write: bool) -> ClaimGuard {
+    let mut list = SPARE.take();
+    list.clear();
+    list.extend(ranges.into_iter().filter(|r| r.0 < r.1));
+    let span = list
+        .iter()
+        .fold((usize::MAX, 0), |(lo, hi), r| (lo.min(r.0), hi.max(r.1)));
+    let mut mine = Claim {
+        id: 0,
+        write,
+        ranges: list,
+        sorted: false,
+        span,
+    };
     let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let conflict = reg.active.iter().any(|c| {
-            (c.write || write) && {
-                if !sorted {
-                    ranges.sort_unstable();
-                    sorted = true;
+        let mut conflict = false;
+        for c in reg.active.iter_mut() {
+            if (c.write || write) && c.span.0 < mine.span.1 && mine.span.0 < c.span.1 {
+                c.sort();
+                mine.sort();
+                if intersect(&c.ranges, &mine.ranges) {
+                    conflict = true;
+                    break;
                 }
-                intersect(&c.ranges, &ranges)
             }
-        });
+        }
         if !conflict {
             break;
         }
         reg = RELEASED.wait(reg).unwrap_or_else(|e| e.into_inner());
     }
-    if !sorted {
-        ranges.sort_unstable();
-    }
-    let id = reg.next_id;
+    mine.id = reg.next_id;
     reg.next_id += 1;
-    reg.active.push(Claim { id, write, ranges });
+    let id = mine.id;
+    reg.active.push(mine);
     ClaimGuard { id }
 }
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
         let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-        reg.active.retain(|c| c.id != self.id);
+        let mut spare = None;
+        if let Some(k) = reg.active.iter().position(|c| c.id == self.id) {
+            spare = Some(reg.active.swap_remove(k).ranges);
+        }
         drop(reg);
         RELEASED.notify_all();
+        if let Some(v) = spare {
+            SPARE.set(v);
+        }
     }
 }
 

@@ -98,6 +98,17 @@ pub trait Element: Copy + Send + Sync + 'static {
     /// half type gives the correctly rounded product (as if computed in f64 and rounded once).
     /// A plain f32 product would round twice and differ in about 1 of 10,000 f16 elements.
     fn scale_lanes(b: &mut [Self::Lane], f: Self::Lane);
+    /// The data as `f16`, for kernels that load float16 straight into vector registers (F16C):
+    /// `Some` only for `f16`.
+    #[inline(always)]
+    fn as_f16(_x: &[Self]) -> Option<&[f16]> {
+        None
+    }
+    /// As [`Element::as_f16`], mutably.
+    #[inline(always)]
+    fn as_f16_mut(_x: &mut [Self]) -> Option<&mut [f16]> {
+        None
+    }
 }
 
 macro_rules! native_element {
@@ -290,9 +301,35 @@ fn mul_round_to_odd(x: f32, f: f32) -> f32 {
     f32::from_bits(bits.wrapping_add(if fix { step } else { 0 }))
 }
 
+/// `Element::as_f16` for f16 (itself) and bf16 (nothing).
+#[inline(always)]
+fn f16_itself(x: &[f16]) -> Option<&[f16]> {
+    Some(x)
+}
+#[inline(always)]
+fn f16_itself_mut(x: &mut [f16]) -> Option<&mut [f16]> {
+    Some(x)
+}
+#[inline(always)]
+fn not_f16<T>(_: &[T]) -> Option<&[f16]> {
+    None
+}
+#[inline(always)]
+fn not_f16_mut<T>(_: &mut [T]) -> Option<&mut [f16]> {
+    None
+}
+
 macro_rules! half_element {
-    ($t:ty, $name:literal) => {
+    ($t:ty, $name:literal, $as16:ident, $as16_mut:ident) => {
         impl Element for $t {
+            #[inline(always)]
+            fn as_f16(x: &[Self]) -> Option<&[f16]> {
+                $as16(x)
+            }
+            #[inline(always)]
+            fn as_f16_mut(x: &mut [Self]) -> Option<&mut [f16]> {
+                $as16_mut(x)
+            }
             type Lane = f32;
             const NAME: &'static str = $name;
             #[inline(always)]
@@ -327,8 +364,8 @@ macro_rules! half_element {
         }
     };
 }
-half_element!(f16, "float16");
-half_element!(bf16, "bfloat16");
+half_element!(f16, "float16", f16_itself, f16_itself_mut);
+half_element!(bf16, "bfloat16", not_f16, not_f16_mut);
 
 #[cfg(test)]
 mod tests {

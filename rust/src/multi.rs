@@ -3,9 +3,10 @@
 //! Every tensor is cut into chunks of [`CHUNK`] elements. Chunk boundaries depend only on the
 //! tensor sizes, never on the thread count; each chunk's partial is computed independently and
 //! the partials are combined serially in (tensor, chunk) order. Results are therefore bitwise
-//! identical for any `RAYON_NUM_THREADS`. Work under [`PARALLEL_MIN`] elements runs on the
-//! calling thread; above it, consecutive small chunks are batched into tasks of about
-//! [`TASK`] elements so that thousands of tiny tensors cost a handful of rayon jobs.
+//! identical for any `RAYON_NUM_THREADS`. Work under [`PARALLEL_MIN`] elements, or averaging
+//! under [`PER_TENSOR_MIN`] elements per tensor, runs on the calling thread; otherwise
+//! consecutive small chunks are batched into tasks of about [`TASK`] elements so that thousands
+//! of tiny tensors cost a handful of rayon jobs.
 //!
 //! This module is the only place that decides threading.
 
@@ -22,6 +23,14 @@ pub const CHUNK: usize = 1 << 15;
 pub const PARALLEL_MIN: usize = 1 << 18;
 /// Target elements per rayon task when batching small chunks.
 pub const TASK: usize = 1 << 16;
+/// Below this many elements per tensor on average, a call stays on the calling thread however
+/// large it is. Each tensor costs a fixed few tens of ns on the calling thread (the binding's
+/// checks, the kernel calls, the ordered combine) that threads do not share well, while rayon's
+/// wake-up and spin-down cost tens of microseconds and, on a 2-core machine, the spinning
+/// workers slow the serial part. Measured on a 2-core Xeon (AVX-512), 1.28M f32 elements
+/// norm-then-scale, 1 vs 2 threads: tensors of 256: 0.43 vs 0.77 ms; of 1,024: 0.50 vs 0.54 ms;
+/// of 2,048: 0.46 vs 0.40 ms; of 4,096: 0.44 vs 0.34 ms; one tensor: 0.41 vs 0.28 ms.
+pub const PER_TENSOR_MIN: usize = 1 << 11;
 
 /// A read-only gradient buffer of any supported dtype.
 #[derive(Clone, Copy, Debug)]
@@ -124,21 +133,26 @@ fn batch(sizes: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
     tasks
 }
 
-/// Whether a call over `total` elements goes to rayon: the one threading decision.
-pub fn parallel(total: usize) -> bool {
-    total >= PARALLEL_MIN && rayon::current_num_threads() > 1
+/// Whether a call over `total` elements in `tensors` tensors goes to rayon: the one threading
+/// decision. Only speed depends on it, never a result.
+pub fn parallel(total: usize, tensors: usize) -> bool {
+    total >= PARALLEL_MIN
+        && total >= tensors.saturating_mul(PER_TENSOR_MIN)
+        && rayon::current_num_threads() > 1
 }
 
-/// Run `f` over `items`, on this thread when `total` (elements) is small, otherwise batched on
-/// rayon; `size` gives an item's element count. Returns outputs in item order. Every parallel
-/// loop in the crate goes through here (optimizer updates included).
+/// Run `f` over `items`, on this thread when [`parallel`]`(total, tensors)` says so, otherwise
+/// batched on rayon; `size` gives an item's element count, `tensors` how many tensors the items
+/// were cut from. Returns outputs in item order. Every parallel loop in the crate goes through
+/// here (optimizer updates included).
 pub fn run<I: Send, O: Send>(
     items: Vec<I>,
     total: usize,
+    tensors: usize,
     size: impl Fn(&I) -> usize,
     f: impl Fn(I) -> O + Sync,
 ) -> Vec<O> {
-    if !parallel(total) {
+    if !parallel(total, tensors) {
         return items.into_iter().map(f).collect();
     }
     let tasks = batch(items.iter().map(&size));
@@ -164,12 +178,27 @@ pub fn norms(tensors: &[Tensor<'_>], norm: NormType, per_tensor: bool) -> Norms 
 }
 
 pub fn norms_with(tensors: &[Tensor<'_>], norm: NormType, per_tensor: bool, isa: Isa) -> Norms {
-    let total_len: usize = tensors.iter().map(Tensor::len).sum();
-    let mut each = vec![Partial::ZERO; tensors.len()];
-    if parallel(total_len) {
+    norms_by(tensors.len(), |i| tensors[i], norm, per_tensor, isa)
+}
+
+/// [`norms_with`] over `count` tensors given by index (so a caller needs no list of them).
+pub fn norms_by<'a>(
+    count: usize,
+    tensor: impl Fn(usize) -> Tensor<'a>,
+    norm: NormType,
+    per_tensor: bool,
+    isa: Isa,
+) -> Norms {
+    let total_len: usize = (0..count).map(|i| tensor(i).len()).sum();
+    // Each tensor's chunks fold in chunk order, then the tensors fold in tensor order: the same
+    // arithmetic on both paths, whatever the thread count.
+    let mut total = Partial::ZERO;
+    let mut each = Vec::with_capacity(if per_tensor { count } else { 0 });
+    if parallel(total_len, count) {
         let mut items = Vec::new();
         let mut owner = Vec::new();
-        for (i, t) in tensors.iter().enumerate() {
+        for i in 0..count {
+            let t = tensor(i);
             let n = t.len();
             let mut start = 0;
             while start < n {
@@ -179,33 +208,43 @@ pub fn norms_with(tensors: &[Tensor<'_>], norm: NormType, per_tensor: bool, isa:
                 start = end;
             }
         }
-        let partials = run(items, total_len, Tensor::len, |t| t.partial(norm, isa));
-        for (p, &i) in partials.iter().zip(&owner) {
-            each[i] = each[i].combine(*p, norm);
+        let partials = run(items, total_len, count, Tensor::len, |t| {
+            t.partial(norm, isa)
+        });
+        let mut partials = partials.iter().zip(&owner).peekable();
+        for i in 0..count {
+            let mut e = Partial::ZERO;
+            while let Some((p, _)) = partials.next_if(|(_, o)| **o == i) {
+                e = e.combine(*p, norm);
+            }
+            total = total.combine(e, norm);
+            if per_tensor {
+                each.push(e.norm(norm));
+            }
         }
     } else {
         // The same chunks combined in the same order, without materializing the chunk list:
         // this is what makes 100,000 tiny tensors cheap.
-        for (t, e) in tensors.iter().zip(each.iter_mut()) {
+        for i in 0..count {
+            let t = tensor(i);
             let n = t.len();
+            let mut e = Partial::ZERO;
             let mut start = 0;
             while start < n {
                 let end = (start + CHUNK).min(n);
-                *e = e.combine(t.slice(start, end).partial(norm, isa), norm);
+                e = e.combine(t.slice(start, end).partial(norm, isa), norm);
                 start = end;
+            }
+            total = total.combine(e, norm);
+            if per_tensor {
+                each.push(e.norm(norm));
             }
         }
     }
-    let total = each
-        .iter()
-        .fold(Partial::ZERO, |acc, p| acc.combine(*p, norm))
-        .norm(norm);
-    let per_tensor = if per_tensor {
-        each.iter().map(|p| p.norm(norm)).collect()
-    } else {
-        Vec::new()
-    };
-    Norms { per_tensor, total }
+    Norms {
+        per_tensor: each,
+        total: total.norm(norm),
+    }
 }
 
 /// An in-place elementwise operation.
@@ -235,16 +274,27 @@ pub fn apply_each(tensors: Vec<TensorMut<'_>>, ops: &[Op]) {
 
 pub fn apply_each_with(tensors: Vec<TensorMut<'_>>, ops: &[Op], isa: Isa) {
     assert_eq!(tensors.len(), ops.len(), "one op per tensor");
+    apply_by(tensors, |i| ops[i], isa)
+}
+
+/// Apply one `op` to every tensor in place (as [`apply_each`] with `op` repeated).
+pub fn apply_all(tensors: Vec<TensorMut<'_>>, op: Op) {
+    apply_by(tensors, |_| op, isa::current())
+}
+
+fn apply_by(tensors: Vec<TensorMut<'_>>, op_of: impl Fn(usize) -> Op, isa: Isa) {
     let skip = |t: &TensorMut<'_>, op: Op| matches!(op, Op::Scale(f) if f == 1.0) || t.is_empty();
-    let total_len: usize = tensors
-        .iter()
-        .zip(ops)
-        .filter(|&(t, &op)| !skip(t, op))
-        .map(|(t, _)| t.len())
-        .sum();
-    if !parallel(total_len) {
+    let (mut total_len, mut count) = (0, 0);
+    for (i, t) in tensors.iter().enumerate() {
+        if !skip(t, op_of(i)) {
+            total_len += t.len();
+            count += 1;
+        }
+    }
+    if !parallel(total_len, count) {
         // Elementwise results do not depend on chunking: one kernel call per tensor.
-        for (t, &op) in tensors.into_iter().zip(ops) {
+        for (i, t) in tensors.into_iter().enumerate() {
+            let op = op_of(i);
             if !skip(&t, op) {
                 apply(t, op, isa);
             }
@@ -252,7 +302,8 @@ pub fn apply_each_with(tensors: Vec<TensorMut<'_>>, ops: &[Op], isa: Isa) {
         return;
     }
     let mut items = Vec::new();
-    for (t, &op) in tensors.into_iter().zip(ops) {
+    for (i, t) in tensors.into_iter().enumerate() {
+        let op = op_of(i);
         if !skip(&t, op) {
             t.push_chunks(CHUNK, op, &mut items);
         }
@@ -260,6 +311,7 @@ pub fn apply_each_with(tensors: Vec<TensorMut<'_>>, ops: &[Op], isa: Isa) {
     run(
         items,
         total_len,
+        count,
         |(t, _)| t.len(),
         |(t, op)| apply(t, op, isa),
     );

@@ -377,6 +377,7 @@ pub fn step_with(updates: Vec<Update<'_>>, rule: Rule, isa: Isa) -> Result<(), L
     }
     let mut items = Vec::new();
     let mut total = 0;
+    let tensors = updates.len();
     for u in updates {
         match u {
             Update::F32(s, h) => {
@@ -391,7 +392,7 @@ pub fn step_with(updates: Vec<Update<'_>>, rule: Rule, isa: Isa) -> Result<(), L
             }
         }
     }
-    multi::run(items, total, Piece::len, |p| match p {
+    multi::run(items, total, tensors, Piece::len, |p| match p {
         Piece::F32(s, c) => update(s, rule, c, isa),
         Piece::F64(s, c) => update(s, rule, c, isa),
     });

@@ -10,4 +10,10 @@ pub mod elementwise;
 pub mod reduce;
 
 pub use elementwise::{clamp, scale};
+
+/// How far ahead (bytes) the reduction loops (and the float16 scale) prefetch. They do more work
+/// per byte than a plain copy, so the out-of-order window alone keeps too few cache misses in
+/// flight: on a 2-core Xeon (AVX-512) the hint took the 64Mi f32 norm pass from 13.9 to 10.1 ms
+/// and the f16 one from 9.7 to 5.5-6.1 ms.
+pub const PREFETCH: usize = 2048;
 pub use reduce::{NormType, Partial, partial_norm};

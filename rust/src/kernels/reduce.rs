@@ -189,6 +189,16 @@ fn partial_norm_body<E: Element>(x: &[E], norm: NormType, isa: Isa) -> Partial {
 /// sum |x|^p in f64.
 #[inline(always)]
 fn sum_pow<E: Element>(x: &[E], p: f64, isa: Isa) -> f64 {
+    // float16 on AVX-512: converted in registers (no block buffer), same arithmetic.
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512
+        && (p == 2.0 || p == 1.0)
+        && let Some(h) = E::as_f16(x)
+    {
+        let term = if p == 2.0 { Term::Square } else { Term::Abs };
+        // SAFETY: the ISA was detected at run time.
+        return unsafe { simd::sum_f16_avx512(h, term) };
+    }
     let mut total = 0.0;
     E::for_lane_blocks(x, isa, |b| {
         total += if p == 2.0 {
@@ -279,8 +289,54 @@ fn sum_terms<L: Lane>(x: &[L], term: Term, isa: Isa) -> f64 {
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::{LANES, Term, finish};
-    use crate::element::Lane;
+    use crate::element::{HALF_BLOCK, Lane};
+    use crate::kernels::PREFETCH;
+    use half::f16;
     use std::arch::x86_64::*;
+
+    /// [`sum_avx512`] of float16 data with the widening fused into the loads: the same
+    /// [`HALF_BLOCK`]-element blocks, each summed with 16 accumulators, finished, and added to
+    /// the total in order, exactly as the block path (`for_lane_blocks` then `sum_terms`) does.
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+    pub fn sum_f16_avx512(x: &[f16], term: Term) -> f64 {
+        let mut total = 0.0;
+        for block in x.chunks(HALF_BLOCK) {
+            let mut acc = [_mm512_setzero_pd(); 2];
+            let mut chunks = block.chunks_exact(LANES);
+            for c in &mut chunks {
+                // a hint only (never faults): keeps enough lines in flight for the memory system
+                _mm_prefetch::<_MM_HINT_T0>((c.as_ptr() as *const i8).wrapping_add(PREFETCH));
+                // SAFETY: c holds 16 f16 (32 bytes); unaligned load.
+                let v =
+                    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(c.as_ptr() as *const __m256i) });
+                let halves = [
+                    _mm512_castps512_ps256(v),
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
+                ];
+                for (a, h) in acc.iter_mut().zip(halves) {
+                    let d = _mm512_cvtps_pd(h);
+                    let t = if term == Term::Square {
+                        _mm512_mul_pd(d, d)
+                    } else {
+                        _mm512_abs_pd(d)
+                    };
+                    *a = _mm512_add_pd(*a, t);
+                }
+            }
+            let mut lanes = [0f64; LANES];
+            for (k, a) in acc.iter().enumerate() {
+                // SAFETY: lanes has room for 8 f64 at 8k.
+                unsafe { _mm512_storeu_pd(lanes.as_mut_ptr().add(8 * k), *a) };
+            }
+            let rest = chunks.remainder();
+            let mut tail = [0f32; LANES];
+            for (d, h) in tail.iter_mut().zip(rest) {
+                *d = h.to_f32();
+            }
+            total += finish(lanes, &tail[..rest.len()], term.scalar());
+        }
+        total
+    }
 
     /// AVX2: the 16 accumulators are four 4-lane f64 registers (register k holds lanes 4k..4k+3).
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -289,6 +345,7 @@ mod simd {
         let sign = _mm256_set1_pd(-0.0);
         let mut chunks = x.chunks_exact(LANES);
         for c in &mut chunks {
+            _mm_prefetch::<_MM_HINT_T0>((c.as_ptr() as *const i8).wrapping_add(PREFETCH));
             // SAFETY: c holds LANES = 16 elements of L (f32 or f64); unaligned loads.
             let v: [__m256d; 4] = unsafe {
                 if L::BYTES == 4 {
@@ -332,6 +389,7 @@ mod simd {
         let mut acc = [_mm512_setzero_pd(); 2];
         let mut chunks = x.chunks_exact(LANES);
         for c in &mut chunks {
+            _mm_prefetch::<_MM_HINT_T0>((c.as_ptr() as *const i8).wrapping_add(PREFETCH));
             // SAFETY: as in sum_avx2.
             let v: [__m512d; 2] = unsafe {
                 if L::BYTES == 4 {

@@ -40,6 +40,8 @@ impl DType {
 /// One checked array: where its data is and how to walk it.
 struct Buf {
     dtype: DType,
+    /// Whether NumPy lets us write it (checked at once by in-place calls, later by fused ones).
+    writeable: bool,
     ptr: *mut u8,
     len: usize,
     /// `Some` for a non-contiguous view (worked on through a contiguous copy). Boxed: keeps a
@@ -183,6 +185,29 @@ fn dtype_of(arr: &Bound<'_, PyUntypedArray>, name: &str, i: usize) -> PyResult<D
     Ok(dtype)
 }
 
+pyo3::create_exception!(
+    _fastclip,
+    NotArrays,
+    PyTypeError,
+    "Raised by the fused calls when an item of the list is not a numpy.ndarray: the caller \
+     converts the list (DLPack tensors, parameters with .grad) and calls again."
+);
+
+/// What a call will do with its arrays, which decides the checks [`check`] makes.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Need {
+    /// Only read them.
+    Read,
+    /// Write them in place: writeable and pairwise disjoint, checked at once.
+    Write,
+    /// Read them, then (after a policy callback) write them: a fused call. Checked as `Read`,
+    /// writeability only recorded ([`check_writes`] does the in-place checks later, in the order
+    /// a read call followed by a write call would make them). A non-array item raises
+    /// [`NotArrays`], and so does any other error when a later item is not an array, so that the
+    /// caller can redo the call on the general path, whose errors are the reference.
+    Fused,
+}
+
 /// Check every array of `arrays` (a list or tuple) and describe it. Touches nothing.
 /// Messages name an array as `name[positions[i]]` (the caller's own numbering) or `name[i]`.
 fn check(
@@ -191,92 +216,180 @@ fn check(
     positions: Option<&[usize]>,
     writable: bool,
 ) -> PyResult<Vec<Buf>> {
+    let need = if writable { Need::Write } else { Need::Read };
+    check_for(arrays, name, positions, need)
+}
+
+fn check_for(
+    arrays: &Bound<'_, PyAny>,
+    name: &str,
+    positions: Option<&[usize]>,
+    need: Need,
+) -> PyResult<Vec<Buf>> {
     let at = |i: usize| positions.and_then(|p| p.get(i).copied()).unwrap_or(i);
     let bufs = if let Ok(l) = arrays.cast::<PyList>() {
-        check_each(l.iter(), l.len(), name, &at, writable)?
+        check_each(l.iter(), l.len(), name, &at, need)?
     } else if let Ok(t) = arrays.cast::<PyTuple>() {
-        check_each(t.iter(), t.len(), name, &at, writable)?
+        check_each(t.iter(), t.len(), name, &at, need)?
     } else {
         return Err(PyTypeError::new_err(format!(
             "{name} must be a list or tuple of numpy arrays"
         )));
     };
-    if writable {
+    if need == Need::Write {
         check_disjoint(&bufs, name, &at)?;
     }
     Ok(bufs)
 }
 
+/// The in-place checks of a [`Need::Fused`] call, made after its read pass: the first read-only
+/// array, then overlaps (as [`check`] makes them for `Need::Write`).
+fn check_writes(bufs: &[Buf], name: &str, positions: Option<&[usize]>) -> PyResult<()> {
+    let at = |i: usize| positions.and_then(|p| p.get(i).copied()).unwrap_or(i);
+    if let Some(k) = bufs.iter().position(|b| !b.writeable) {
+        return Err(read_only(name, at(k)));
+    }
+    check_disjoint(bufs, name, &at)
+}
+
+fn read_only(name: &str, i: usize) -> PyErr {
+    PyValueError::new_err(format!(
+        "{name}[{i}] is read-only; clipping works in place and needs a writeable array"
+    ))
+}
+
+thread_local! {
+    /// The buffer lists of this thread's last calls, kept (empty) for the next one: a call on
+    /// 100,000 arrays then neither allocates nor page-faults in megabytes of fresh lists.
+    static SPARE_BUFS: std::cell::Cell<Vec<Buf>> = const { std::cell::Cell::new(Vec::new()) };
+    static SPARE_RANGES: std::cell::Cell<Vec<(usize, usize, usize)>> =
+        const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Give a call's checked list back for reuse (its boxes are dropped).
+fn recycle(mut bufs: Vec<Buf>) {
+    bufs.clear();
+    SPARE_BUFS.set(bufs);
+}
+
 /// The per-array checks of [`check`], straight off the list's iterator (no intermediate Vec).
 fn check_each<'py>(
-    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    mut items: impl Iterator<Item = Bound<'py, PyAny>>,
     count: usize,
     name: &str,
     at: &dyn Fn(usize) -> usize,
-    writable: bool,
+    need: Need,
 ) -> PyResult<Vec<Buf>> {
-    let mut bufs = Vec::with_capacity(count);
-    for (k, item) in items.enumerate() {
-        let i = at(k);
-        let arr = item.cast::<PyUntypedArray>().map_err(|_| {
-            let ty = item
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default();
-            PyTypeError::new_err(format!("{name}[{i}] must be a numpy.ndarray, not {ty}"))
-        })?;
-        let dtype = dtype_of(arr, name, i)?;
-        // SAFETY: arr is a live ndarray; reading its flags and data pointer is plain field access.
-        let (flags, data) = unsafe {
-            let raw = &*arr.as_array_ptr();
-            (raw.flags, raw.data as *mut u8)
-        };
-        if writable && flags & NPY_ARRAY_WRITEABLE == 0 {
-            return Err(PyValueError::new_err(format!(
-                "{name}[{i}] is read-only; clipping works in place and needs a writeable array"
-            )));
+    let mut bufs = SPARE_BUFS.take();
+    bufs.reserve(count);
+    let mut k = 0;
+    while let Some(item) = items.next() {
+        match check_one(&item, name, at(k), need) {
+            Ok(b) => bufs.push(b),
+            Err(e) if need == Need::Fused && !e.is_instance_of::<NotArrays>(item.py()) => {
+                // a later non-array sends the whole call to the general path, whose error wins
+                let mut later = items.enumerate();
+                if let Some((j, other)) = later.find(|(_, it)| it.cast::<PyUntypedArray>().is_err())
+                {
+                    return Err(not_an_array(&other, name, at(k + 1 + j), need));
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
         }
-        let len = arr.len();
-        if len > 0 && !arr.is_aligned() {
-            return Err(PyValueError::new_err(format!(
-                "{name}[{i}] is not aligned for {:?}; pass a copy (np.require(a, requirements='A'))",
-                dtype
-            )));
-        }
-        let strided = if arr.is_contiguous() || len == 0 {
-            None
-        } else {
-            Some(Box::new(StridedView {
-                ptr: data,
-                shape: arr.shape().to_vec(),
-                strides: arr.strides().to_vec(),
-            }))
-        };
-        bufs.push(Buf {
-            dtype,
-            ptr: data,
-            len,
-            strided,
-        });
+        k += 1;
     }
     Ok(bufs)
+}
+
+fn not_an_array(item: &Bound<'_, PyAny>, name: &str, i: usize, need: Need) -> PyErr {
+    let ty = item
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    let msg = format!("{name}[{i}] must be a numpy.ndarray, not {ty}");
+    if need == Need::Fused {
+        NotArrays::new_err(msg)
+    } else {
+        PyTypeError::new_err(msg)
+    }
+}
+
+fn check_one(item: &Bound<'_, PyAny>, name: &str, i: usize, need: Need) -> PyResult<Buf> {
+    let arr = item
+        .cast::<PyUntypedArray>()
+        .map_err(|_| not_an_array(item, name, i, need))?;
+    let dtype = dtype_of(arr, name, i)?;
+    // SAFETY: arr is a live ndarray; reading its flags and data pointer is plain field access.
+    let (flags, data) = unsafe {
+        let raw = &*arr.as_array_ptr();
+        (raw.flags, raw.data as *mut u8)
+    };
+    let writeable = flags & NPY_ARRAY_WRITEABLE != 0;
+    if need == Need::Write && !writeable {
+        return Err(read_only(name, i));
+    }
+    let len = arr.len();
+    if len > 0 && !arr.is_aligned() {
+        return Err(PyValueError::new_err(format!(
+            "{name}[{i}] is not aligned for {:?}; pass a copy (np.require(a, requirements='A'))",
+            dtype
+        )));
+    }
+    let strided = if arr.is_contiguous() || len == 0 {
+        None
+    } else {
+        Some(Box::new(StridedView {
+            ptr: data,
+            shape: arr.shape().to_vec(),
+            strides: arr.strides().to_vec(),
+        }))
+    };
+    Ok(Buf {
+        dtype,
+        writeable,
+        ptr: data,
+        len,
+        strided,
+    })
+}
+
+thread_local! {
+    /// The byte ranges (in list order) of the last list this thread found pairwise disjoint.
+    /// Training loops clip the same buffers every step: an identical list needs no sort.
+    static DISJOINT: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// In-place calls must not receive two arrays that share memory: the shared elements would be
 /// scaled twice. Byte ranges are compared (a strided view counts its whole extent).
 fn check_disjoint(bufs: &[Buf], name: &str, at: &dyn Fn(usize) -> usize) -> PyResult<()> {
-    let mut ranges: Vec<(usize, usize, usize)> = bufs
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.len > 0)
-        .map(|(i, b)| {
-            let (lo, hi) = b.byte_range();
-            (lo, hi, i)
-        })
-        .collect();
+    let same = DISJOINT.with_borrow(|last| {
+        let mut it = last.iter();
+        bufs.iter()
+            .filter(|b| b.len > 0)
+            .all(|b| it.next() == Some(&b.byte_range()))
+            && it.next().is_none()
+    });
+    if same {
+        return Ok(());
+    }
+    let mut ranges = SPARE_RANGES.take();
+    ranges.clear();
+    ranges.extend(
+        bufs.iter()
+            .enumerate()
+            .filter(|(_, b)| b.len > 0)
+            .map(|(i, b)| {
+                let (lo, hi) = b.byte_range();
+                (lo, hi, i)
+            }),
+    );
     if !ranges.is_sorted() {
-        ranges.sort_unstable(); // arrays allocated one after another usually come sorted
+        // arrays allocated one after another come nearly sorted (a few long runs), which the
+        // stable sort merges in about linear time; the tuples are distinct, so the order is the
+        // one the unstable sort gave
+        ranges.sort();
     }
     let mut reach: Option<(usize, usize)> = None; // (furthest end so far, its index)
     for &(lo, hi, i) in &ranges {
@@ -292,6 +405,11 @@ fn check_disjoint(bufs: &[Buf], name: &str, at: &dyn Fn(usize) -> usize) -> PyRe
             reach = Some((hi, i));
         }
     }
+    SPARE_RANGES.set(ranges);
+    DISJOINT.with_borrow_mut(|last| {
+        last.clear();
+        last.extend(bufs.iter().filter(|b| b.len > 0).map(Buf::byte_range));
+    });
     Ok(())
 }
 
@@ -314,18 +432,44 @@ fn norms(
 ) -> PyResult<(Vec<f64>, f64)> {
     let norm = self::norm_type(norm_type)?;
     let bufs = check(arrays, name, positions.as_deref(), false)?;
-    let r = py.detach(|| {
-        let _claim = claims::claim(bufs.iter().map(Buf::byte_range).collect(), false);
-        let owned = gather_all(&bufs);
-        // SAFETY: the arrays are kept alive by the caller's list for the whole call.
-        let tensors: Vec<Tensor<'_>> = bufs
-            .iter()
-            .enumerate()
-            .map(|(i, b)| unsafe { b.tensor(owned.get(i).and_then(Option::as_ref)) })
-            .collect();
-        multi::norms(&tensors, norm, per_tensor)
-    });
+    let r = py.detach(|| norms_of(&bufs, norm, per_tensor));
+    recycle(bufs);
     Ok((r.per_tensor, r.total))
+}
+
+/// The norm pass over checked buffers, under a read claim (call without the GIL).
+fn norms_of(bufs: &[Buf], norm: NormType, per_tensor: bool) -> multi::Norms {
+    let _claim = claims::claim(bufs.iter().map(Buf::byte_range), false);
+    let owned = gather_all(bufs);
+    // SAFETY: the arrays are kept alive by the caller's list for the whole call.
+    let tensor = |i: usize| unsafe { bufs[i].tensor(owned.get(i).and_then(Option::as_ref)) };
+    multi::norms_by(bufs.len(), tensor, norm, per_tensor, crate::isa::current())
+}
+
+/// norm_scale_(arrays, norm_type, coefficient, name="grads", positions=None) -> float
+///
+/// The total p-norm of `arrays`, then `arrays[i] *= coefficient(total)` in place: one check of
+/// the list for both passes. `coefficient` (the clipping policy, a Python callable) is called
+/// once with the GIL held; if it raises, nothing is modified. The checks and their order are
+/// those of `norms` followed by `scale_`; an item that is not an ndarray raises [`NotArrays`].
+#[pyfunction]
+#[pyo3(signature = (arrays, norm_type, coefficient, name="grads", positions=None))]
+fn norm_scale_(
+    py: Python<'_>,
+    arrays: &Bound<'_, PyAny>,
+    norm_type: f64,
+    coefficient: &Bound<'_, PyAny>,
+    name: &str,
+    positions: Option<Vec<usize>>,
+) -> PyResult<f64> {
+    let norm = self::norm_type(norm_type)?;
+    let bufs = check_for(arrays, name, positions.as_deref(), Need::Fused)?;
+    let total = py.detach(|| norms_of(&bufs, norm, false)).total;
+    let factor: f64 = coefficient.call1((total,))?.extract()?;
+    check_writes(&bufs, name, positions.as_deref())?;
+    apply(py, &bufs, Ops::All(Op::Scale(factor)));
+    recycle(bufs);
+    Ok(total)
 }
 
 /// Contiguous copies of the strided buffers, by position; empty when none is strided (the usual
@@ -338,18 +482,27 @@ fn gather_all(bufs: &[Buf]) -> Vec<Option<Owned>> {
     }
 }
 
-fn apply(py: Python<'_>, bufs: Vec<Buf>, ops: Vec<Op>) {
+/// The operation of an in-place call: one for every array, or one each.
+enum Ops {
+    All(Op),
+    Each(Vec<Op>),
+}
+
+fn apply(py: Python<'_>, bufs: &[Buf], ops: Ops) {
     py.detach(|| {
         // Taken and released without the GIL, so a waiting call never blocks the one it waits on.
-        let _claim = claims::claim(bufs.iter().map(Buf::byte_range).collect(), true);
-        let mut owned = gather_all(&bufs);
+        let _claim = claims::claim(bufs.iter().map(Buf::byte_range), true);
+        let mut owned = gather_all(bufs);
         let mut copies = owned.iter_mut();
         // SAFETY: the arrays are live, writeable and pairwise disjoint (checked).
         let tensors: Vec<TensorMut<'_>> = bufs
             .iter()
             .map(|b| unsafe { b.tensor_mut(copies.next().and_then(Option::as_mut)) })
             .collect();
-        multi::apply_each(tensors, &ops);
+        match ops {
+            Ops::All(op) => multi::apply_all(tensors, op),
+            Ops::Each(ops) => multi::apply_each(tensors, &ops),
+        }
         for (b, o) in bufs.iter().zip(&owned) {
             if let Some(o) = o {
                 b.scatter(o);
@@ -375,8 +528,8 @@ fn scale_(
     positions: Option<Vec<usize>>,
 ) -> PyResult<()> {
     let bufs = check(arrays, name, positions.as_deref(), true)?;
-    let ops: Vec<Op> = match factors {
-        Factors::One(f) => vec![Op::Scale(f); bufs.len()],
+    let ops = match factors {
+        Factors::One(f) => Ops::All(Op::Scale(f)),
         Factors::Each(v) => {
             if v.len() != bufs.len() {
                 return Err(PyValueError::new_err(format!(
@@ -385,10 +538,11 @@ fn scale_(
                     bufs.len()
                 )));
             }
-            v.into_iter().map(Op::Scale).collect()
+            Ops::Each(v.into_iter().map(Op::Scale).collect())
         }
     };
-    apply(py, bufs, ops);
+    apply(py, &bufs, ops);
+    recycle(bufs);
     Ok(())
 }
 
@@ -409,8 +563,8 @@ fn clamp_(
         )));
     }
     let bufs = check(arrays, name, positions.as_deref(), true)?;
-    let n = bufs.len();
-    apply(py, bufs, vec![Op::Clamp(lo, hi); n]);
+    apply(py, &bufs, Ops::All(Op::Clamp(lo, hi)));
+    recycle(bufs);
     Ok(())
 }
 
@@ -425,7 +579,7 @@ mod _fastclip {
     #[pymodule_export]
     use super::optim::{adam_, momentum_, sgd_};
     #[pymodule_export]
-    use super::{clamp_, isa, norms, scale_};
+    use super::{NotArrays, clamp_, isa, norm_scale_, norms, scale_};
 
     #[pymodule_export]
     const CHUNK: usize = crate::multi::CHUNK;

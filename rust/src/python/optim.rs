@@ -189,8 +189,7 @@ fn run(py: Python<'_>, lists: Vec<List>, rule: Rule, hyper: Vec<Hyper>) -> PyRes
         let _claim = claims::claim(
             lists
                 .iter()
-                .flat_map(|l| l.bufs.iter().map(Buf::byte_range))
-                .collect(),
+                .flat_map(|l| l.bufs.iter().map(Buf::byte_range)),
             true,
         );
         let mut owned: Vec<Vec<Option<Owned>>> = lists
