@@ -398,7 +398,7 @@ fn check_disjoint(bufs: &[Buf], name: &str, at: &dyn Fn(usize) -> usize) -> PyRe
         {
             let (a, b) = (at(i.min(j)), at(i.max(j)));
             return Err(PyValueError::new_err(format!(
-                "{name}[{a}] and {name}[{b}] share memory; an in-place call would modify it twice. Pass each buffer once"
+                "{name}[{a}] and {name}[{b}] share memory (their byte ranges overlap; interleaved strided views count too); an in-place call would modify it twice. Pass each buffer once"
             )));
         }
         if reach.is_none_or(|(end, _)| hi > end) {
