@@ -5,14 +5,29 @@
 //! lanes (no copy); `f16`/`bf16` are widened to `f32` in small stack blocks, computed on, and
 //! (for in-place work) rounded back to nearest-even.
 
+use core::ops::{Add, Div, Mul, Neg, Sub};
+
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::isa::Isa;
 
 /// The arithmetic type a kernel runs in: `f32` or `f64`.
-pub trait Lane: Copy + Send + Sync + PartialOrd + core::fmt::Debug + 'static {
+pub trait Lane:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + core::fmt::Debug
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + 'static
+{
     const ZERO: Self;
+    const ONE: Self;
     /// Size in bytes (4 or 8): lets SIMD code pick its loads at compile time.
     const BYTES: usize;
     /// Exact widening to f64.
@@ -20,12 +35,13 @@ pub trait Lane: Copy + Send + Sync + PartialOrd + core::fmt::Debug + 'static {
     /// Round an f64 to this lane (nearest-even; overflow gives ±inf, as a C cast).
     fn from_f64(v: f64) -> Self;
     fn abs(self) -> Self;
-    fn mul(self, other: Self) -> Self;
+    fn sqrt(self) -> Self;
     fn is_nan(self) -> bool;
 }
 
 impl Lane for f32 {
     const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
     const BYTES: usize = 4;
     #[inline(always)]
     fn wide(self) -> f64 {
@@ -40,8 +56,8 @@ impl Lane for f32 {
         f32::abs(self)
     }
     #[inline(always)]
-    fn mul(self, other: Self) -> Self {
-        self * other
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
     }
     #[inline(always)]
     fn is_nan(self) -> bool {
@@ -51,6 +67,7 @@ impl Lane for f32 {
 
 impl Lane for f64 {
     const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
     const BYTES: usize = 8;
     #[inline(always)]
     fn wide(self) -> f64 {
@@ -65,8 +82,8 @@ impl Lane for f64 {
         f64::abs(self)
     }
     #[inline(always)]
-    fn mul(self, other: Self) -> Self {
-        self * other
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
     }
     #[inline(always)]
     fn is_nan(self) -> bool {

@@ -22,56 +22,9 @@
 //! and any chunking. The kernels never reassociate or fuse (no FMA contraction in Rust), so every
 //! ISA path gives the same bits.
 
-use core::ops::{Add, Div, Mul, Neg, Sub};
-
+use crate::element::Lane;
 use crate::isa::{self, Isa};
 use crate::multi::{self, CHUNK};
-
-/// The arithmetic an update runs in: `f32` or `f64` (the parameter's own dtype).
-pub trait Real:
-    Copy
-    + Send
-    + Sync
-    + PartialEq
-    + Add<Output = Self>
-    + Sub<Output = Self>
-    + Mul<Output = Self>
-    + Div<Output = Self>
-    + Neg<Output = Self>
-    + 'static
-{
-    const ZERO: Self;
-    const ONE: Self;
-    /// Round an f64 to this type (nearest-even), as C++ `static_cast<T>` does.
-    fn of(v: f64) -> Self;
-    fn sqrt(self) -> Self;
-}
-
-impl Real for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    #[inline(always)]
-    fn of(v: f64) -> Self {
-        v as f32
-    }
-    #[inline(always)]
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
-    }
-}
-
-impl Real for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    #[inline(always)]
-    fn of(v: f64) -> Self {
-        v
-    }
-    #[inline(always)]
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
-    }
-}
 
 /// The update rule shared by every tensor of one call.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -186,10 +139,10 @@ struct Coef<T> {
     decay: T,
 }
 
-impl<T: Real> Coef<T> {
+impl<T: Lane> Coef<T> {
     fn new(rule: Rule, h: Hyper) -> Self {
-        let lr = T::of(h.lr);
-        let wd = T::of(h.weight_decay);
+        let lr = T::from_f64(h.lr);
+        let wd = T::from_f64(h.weight_decay);
         let mut c = Coef {
             lr,
             wd,
@@ -203,7 +156,7 @@ impl<T: Real> Coef<T> {
         };
         match rule {
             Rule::Sgd => {}
-            Rule::Momentum { mu, .. } => c.a = T::of(mu),
+            Rule::Momentum { mu, .. } => c.a = T::from_f64(mu),
             Rule::Adam {
                 beta1,
                 beta2,
@@ -212,14 +165,14 @@ impl<T: Real> Coef<T> {
             } => {
                 // Paddle: T beta1_p = beta1_pow[0]; learning_rate = lr * (sqrt(1 - beta2_p) /
                 // (1 - beta1_p)); eps = epsilon * sqrt(1 - beta2_p); all in T.
-                let (b1p, b2p) = (T::of(h.beta1_pow), T::of(h.beta2_pow));
+                let (b1p, b2p) = (T::from_f64(h.beta1_pow), T::from_f64(h.beta2_pow));
                 let root = (T::ONE - b2p).sqrt();
-                c.a = T::of(beta1);
+                c.a = T::from_f64(beta1);
                 c.a1 = T::ONE - c.a;
-                c.b = T::of(beta2);
+                c.b = T::from_f64(beta2);
                 c.b1 = T::ONE - c.b;
                 c.neg_lr_t = -(lr * (root / (T::ONE - b1p)));
-                c.eps_t = T::of(epsilon) * root;
+                c.eps_t = T::from_f64(epsilon) * root;
                 if decoupled {
                     c.decay = lr * wd;
                     c.wd = T::ZERO;
@@ -231,7 +184,7 @@ impl<T: Real> Coef<T> {
 }
 
 #[inline(always)]
-fn update_body<T: Real>(s: Slots<'_, T>, rule: Rule, c: Coef<T>) {
+fn update_body<T: Lane>(s: Slots<'_, T>, rule: Rule, c: Coef<T>) {
     let n = s.param.len();
     let (p, g) = (s.param, &s.grad[..n]);
     // Paddle adds no decay term at all when there is none (0 * inf would be NaN).
@@ -278,17 +231,17 @@ fn update_body<T: Real>(s: Slots<'_, T>, rule: Rule, c: Coef<T>) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn update_avx512<T: Real>(s: Slots<'_, T>, rule: Rule, c: Coef<T>) {
+fn update_avx512<T: Lane>(s: Slots<'_, T>, rule: Rule, c: Coef<T>) {
     update_body(s, rule, c)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn update_avx2<T: Real>(s: Slots<'_, T>, rule: Rule, c: Coef<T>) {
+fn update_avx2<T: Lane>(s: Slots<'_, T>, rule: Rule, c: Coef<T>) {
     update_body(s, rule, c)
 }
 
-fn update<T: Real>(s: Slots<'_, T>, rule: Rule, c: Coef<T>, isa: Isa) {
+fn update<T: Lane>(s: Slots<'_, T>, rule: Rule, c: Coef<T>, isa: Isa) {
     match isa {
         // SAFETY: `isa` comes from `isa::current()` (or a test's `Isa::available()`), which
         // only offers what the CPU supports.
