@@ -171,14 +171,14 @@ def torch_impls(torch: Any) -> dict[str, Callable[..., Any]]:
             ps.append(p)
         return ps
 
-    cache: dict[int, list[Any]] = {}
+    # The parameters of the last workload, with the list they were made for. Keeping the list itself
+    # (not its id) matters: once a workload's list is freed, the next one may get the same id.
+    cache: list[Any] = [None, None]
 
     def get(gs: list[np.ndarray]) -> list[Any]:
-        key = id(gs)
-        if key not in cache:
-            cache.clear()
-            cache[key] = params(gs)
-        return cache[key]
+        if cache[0] is not gs:
+            cache[0], cache[1] = gs, params(gs)
+        return cache[1]
 
     def glob(gs: list[np.ndarray], c: float) -> None:
         torch.nn.utils.clip_grad_norm_(get(gs), c)
@@ -371,6 +371,9 @@ def run_all(scale: float, reps: int, budget_s: float, progress: bool, busy: bool
         for op in ops:
             per = [math.sqrt(_sumsq_numpy(g)) for g in gs]
             thr = Shrinking(min(per) if op == "per-tensor" else math.sqrt(sum(p * p for p in per)))
+            # Each implementation in its own block of calls (warm, as in a training loop that clips
+            # the same buffers every step). Round-robin timing was tried: every call then starts
+            # with caches another library just stirred, which mostly measures that library.
             times: dict[str, float] = {}
             for impl, table in impls.items():
                 times[impl] = median_time(_call(table[op], gs, op, thr), reps, budget_s)
