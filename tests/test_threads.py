@@ -58,6 +58,15 @@ def _run(threads: int) -> dict:
     return json.loads(proc.stdout)
 
 
+def run_threads(worker) -> None:
+    """Run ``worker(i)`` on N_THREADS threads at once and wait for all of them."""
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(N_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_bitwise_identical_for_any_thread_count():
     one = _run(1)
     assert one["n"] > 1_000_000
@@ -116,11 +125,7 @@ def test_concurrent_clip_grad_norm_on_own_buffers():
         except BaseException as e:  # reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(N_THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker)
     assert not errors, errors
     for i in range(N_THREADS):
         rounds, final = expected[i]
@@ -151,11 +156,7 @@ def test_concurrent_mixed_calls_and_shared_read_only_input():
         except BaseException as e:
             errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(N_THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker)
     assert not errors, errors
     for i in range(N_THREADS):
         for g, b in zip(own[i], before[i]):
