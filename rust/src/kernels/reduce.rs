@@ -63,6 +63,25 @@ fn pow_ratio(r: f64, p: f64) -> f64 {
     }
 }
 
+/// s^(1/p). `powf(1/p)` errs by about ln(s) * eps / p relative (1/p is rounded), which reaches
+/// 1e-14 for sums near 1e308; the orders users actually pick get correctly rounded (or 1-2 ulp)
+/// roots instead.
+fn root(s: f64, p: f64) -> f64 {
+    if p == 2.0 {
+        s.sqrt()
+    } else if p == 1.0 {
+        s
+    } else if p == 3.0 {
+        s.cbrt()
+    } else if p == 4.0 {
+        s.sqrt().sqrt()
+    } else if p == 8.0 {
+        s.sqrt().sqrt().sqrt()
+    } else {
+        s.powf(1.0 / p)
+    }
+}
+
 impl Partial {
     pub const ZERO: Partial = Partial {
         scale: 1.0,
@@ -73,9 +92,17 @@ impl Partial {
         Partial { scale: 1.0, sum }
     }
 
-    /// Combine two partials: the smaller-scaled one is rescaled by (its scale / the larger)^p,
-    /// which underflows only for contributions negligible against the other. Order-sensitive
-    /// only through rounding: callers combine in a fixed order.
+    /// Combine two partials, as overflow-safe as summing inside a chunk: only a true combined
+    /// value whose norm is above the f64 range gives inf.
+    ///
+    /// Fast path (the usual one): equal scales (two plain sums) whose sum is finite add as they
+    /// are. Otherwise (different scales, or the plain sum overflowed) both are brought to the
+    /// common scale `s = max(n_a, n_b)`, where `n = scale * sum^(1/p)` is each partial's own norm
+    /// (finite whenever the combined norm is): the value is `s^p * ((n_a/s)^p + (n_b/s)^p)`, whose
+    /// sum lies in [1, 2]. Rescaling through the norms (not through `(scale_a/scale_b)^p`, which
+    /// can fall into the subnormals) keeps full precision however far apart the scales are;
+    /// a contribution is lost only when it is below 2^-1074 relative to the other, i.e. negligible.
+    /// Order-sensitive only through rounding: callers combine in a fixed order.
     pub fn combine(self, other: Partial, norm: NormType) -> Partial {
         match norm {
             NormType::Inf => {
@@ -100,16 +127,23 @@ impl Partial {
                     return other;
                 }
                 if self.scale == other.scale {
-                    return Partial {
-                        scale: self.scale,
-                        sum: self.sum + other.sum,
-                    };
+                    let sum = self.sum + other.sum;
+                    if sum.is_finite() {
+                        return Partial {
+                            scale: self.scale,
+                            sum,
+                        };
+                    }
                 }
-                let scale = self.scale.max(other.scale);
-                let rescale = |q: Partial| q.sum * pow_ratio(q.scale / scale, p);
+                let (na, nb) = (self.norm(norm), other.norm(norm));
+                let s = na.max(nb);
+                if s == f64::INFINITY {
+                    // one partial's own norm is above the f64 range: so is the combined norm
+                    return Partial::plain(f64::INFINITY);
+                }
                 Partial {
-                    scale,
-                    sum: rescale(self) + rescale(other),
+                    scale: s,
+                    sum: pow_ratio(na / s, p) + pow_ratio(nb / s, p),
                 }
             }
         }
@@ -119,16 +153,7 @@ impl Partial {
     pub fn norm(self, norm: NormType) -> f64 {
         match norm {
             NormType::Inf => self.sum,
-            NormType::P(p) => {
-                let root = if p == 2.0 {
-                    self.sum.sqrt()
-                } else if p == 1.0 {
-                    self.sum
-                } else {
-                    self.sum.powf(1.0 / p)
-                };
-                root * self.scale
-            }
+            NormType::P(p) => root(self.sum, p) * self.scale,
         }
     }
 }
@@ -618,5 +643,49 @@ mod tests {
         assert!((c.norm(n) - 2f64.sqrt() * 1e200).abs() < 1e186);
         let z = Partial::ZERO.combine(b, n);
         assert_eq!(z.norm(n), 1.0);
+    }
+
+    #[test]
+    fn combining_partials_never_overflows_a_finite_norm() {
+        // (values, p, want): plain partials whose sum overflows f64 although the norm is finite
+        let cases: [(&[f64], f64, f64); 4] = [
+            (&[1e154, 1e154], 2.0, 2f64.sqrt() * 1e154),
+            (&[5e102, 5e102], 3.0, 2f64.powf(1.0 / 3.0) * 5e102),
+            (&[3.4e38, 3.4e38], 8.0, 2f64.powf(1.0 / 8.0) * 3.4e38),
+            (&[1e300, 1e300], 1.0, 2e300),
+        ];
+        for (xs, p, want) in cases {
+            let k = NormType::P(p);
+            let mut acc = Partial::ZERO;
+            for &x in xs {
+                acc = acc.combine(partial_norm(&[x], k, Isa::Baseline), k);
+            }
+            let got = acc.norm(k);
+            assert!(
+                (got - want).abs() <= 4e-16 * want,
+                "{xs:?} p={p}: {got} vs {want}"
+            );
+        }
+        // 1000 partials of 1e153: norm sqrt(1000) * 1e153
+        let k = NormType::P(2.0);
+        let one = partial_norm(&[1e153f64], k, Isa::Baseline);
+        let acc = (0..1000).fold(Partial::ZERO, |a, _| a.combine(one, k));
+        let want = 1000f64.sqrt() * 1e153;
+        assert!(
+            (acc.norm(k) - want).abs() <= 1e-13 * want,
+            "{}",
+            acc.norm(k)
+        );
+        // a true norm above the range is still inf
+        let big = partial_norm(&[1.5e308f64], k, Isa::Baseline);
+        assert_eq!(big.combine(big, k).norm(k), f64::INFINITY);
+        // plain and scaled partials far apart keep full precision
+        let tiny = partial_norm(&[3e-200f64, 4e-200], k, Isa::Baseline);
+        let huge = partial_norm(&[3e200f64, 4e200], k, Isa::Baseline);
+        assert_eq!(tiny.combine(huge, k).norm(k), huge.norm(k));
+        let plain = partial_norm(&[3.0f64, 4.0], k, Isa::Baseline);
+        let scaled = partial_norm(&[3e-170f64, 4e-170], k, Isa::Baseline);
+        assert_eq!(plain.combine(scaled, k).norm(k), 5.0);
+        assert_eq!(scaled.combine(plain, k).norm(k), 5.0);
     }
 }
