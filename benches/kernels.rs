@@ -17,15 +17,16 @@ use _fastclip::isa::{self, Isa};
 use _fastclip::kernels::{self, NormType};
 use _fastclip::multi::{self, CHUNK, Op, Tensor, TensorMut};
 
+/// The crate's test PRNG, the same file as the crate's own tests use.
+#[allow(dead_code, unused_imports)]
+#[path = "../rust/src/testing.rs"]
+mod testing;
+
+/// `n` values uniform in [-1, 1), converted by `from`.
 fn data<E: Element>(n: usize, from: impl Fn(f64) -> E) -> Vec<E> {
-    let mut s = 0x9E37_79B9_7F4A_7C15u64;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            from(((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
-        })
+    testing::uniform(n, 0x9E37_79B9_7F4A_7C15, -1.0, 1.0)
+        .into_iter()
+        .map(from)
         .collect()
 }
 
@@ -50,7 +51,7 @@ fn one_dtype<E: Element>(c: &mut Criterion, from: impl Fn(f64) -> E + Copy) {
         ("sumabs", NormType::P(1.0)),
         ("maxabs", NormType::Inf),
     ] {
-        let mut g = c.benchmark_group(format!("{kernel}/{}", E::NAME));
+        let mut g = c.benchmark_group(format!("{kernel}/{}", E::name()));
         g.throughput(Throughput::Bytes(bytes));
         for (name, isa) in paths() {
             g.bench_with_input(BenchmarkId::new(name, n), &x, |b, x| {
@@ -60,7 +61,7 @@ fn one_dtype<E: Element>(c: &mut Criterion, from: impl Fn(f64) -> E + Copy) {
         g.finish();
     }
     let mut y = x.clone();
-    let mut g = c.benchmark_group(format!("scale/{}", E::NAME));
+    let mut g = c.benchmark_group(format!("scale/{}", E::name()));
     // two passes (x2, then x0.5), each a read and a write
     g.throughput(Throughput::Bytes(4 * bytes));
     for (name, isa) in paths() {
@@ -73,7 +74,7 @@ fn one_dtype<E: Element>(c: &mut Criterion, from: impl Fn(f64) -> E + Copy) {
         });
     }
     g.finish();
-    let mut g = c.benchmark_group(format!("clamp/{}", E::NAME));
+    let mut g = c.benchmark_group(format!("clamp/{}", E::name()));
     g.throughput(Throughput::Bytes(2 * bytes));
     for (name, isa) in paths() {
         g.bench_function(BenchmarkId::new(name, n), |b| {

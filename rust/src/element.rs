@@ -10,7 +10,9 @@ use core::ops::{Add, Div, Mul, Neg, Sub};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
-use crate::isa::Isa;
+#[cfg(target_arch = "x86_64")]
+use crate::isa::Level;
+use crate::isa::{Isa, dispatch};
 
 /// The arithmetic type a kernel runs in: `f32` or `f64`.
 pub trait Lane:
@@ -98,11 +100,11 @@ pub const HALF_BLOCK: usize = 4096;
 pub trait Element: Copy + Send + Sync + 'static {
     /// The lane this dtype computes in.
     type Lane: Lane;
-    /// NumPy's name for the dtype, for messages.
-    const NAME: &'static str;
+    /// NumPy's name for the dtype ("float16", "bfloat16", "float32", "float64"), for messages.
+    fn name() -> &'static str;
     /// Call `f` on the data as consecutive lane blocks, in order. Half types are widened with the
-    /// conversion instructions of `isa` (F16C for f16 on AVX2/AVX-512); every path gives the
-    /// same values, as the widening is exact.
+    /// conversion instructions of `isa`'s level (F16C for f16 on AVX2/AVX-512); every path gives
+    /// the same values, as the widening is exact. Taking the token is what makes this safe.
     fn for_lane_blocks(x: &[Self], isa: Isa, f: impl FnMut(&[Self::Lane]));
     /// Call `f` on the data as consecutive mutable lane blocks, writing the results back
     /// (rounded to nearest-even for half types, identically on every `isa`).
@@ -132,7 +134,9 @@ macro_rules! native_element {
     ($t:ty, $name:literal) => {
         impl Element for $t {
             type Lane = $t;
-            const NAME: &'static str = $name;
+            fn name() -> &'static str {
+                $name
+            }
             #[inline(always)]
             fn for_lane_blocks(x: &[Self], _isa: Isa, mut f: impl FnMut(&[Self::Lane])) {
                 f(x)
@@ -167,19 +171,24 @@ trait HalfConvert: Sized {
 impl HalfConvert for f16 {
     #[inline(always)]
     fn widen(src: &[f16], dst: &mut [f32], isa: Isa) {
-        match isa {
-            // SAFETY: the ISA was detected (Isa::available requires F16C with AVX2).
+        match isa.level() {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512 => unsafe { f16c::widen(src, dst) },
+            Level::Avx2 | Level::Avx512 => {
+                // SAFETY: the token is of the AVX2 level or above, whose features include all of
+                // AVX2's (F16C among them), for which `f16c` is compiled.
+                unsafe { f16c::widen(src, dst) }
+            }
             _ => src.convert_to_f32_slice(dst),
         }
     }
     #[inline(always)]
     fn narrow(src: &[f32], dst: &mut [f16], isa: Isa) {
-        match isa {
-            // SAFETY: as above.
+        match isa.level() {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512 => unsafe { f16c::narrow(src, dst) },
+            Level::Avx2 | Level::Avx512 => {
+                // SAFETY: as in `widen`.
+                unsafe { f16c::narrow(src, dst) }
+            }
             _ => dst.convert_from_f32_slice(src),
         }
     }
@@ -190,8 +199,22 @@ impl HalfConvert for f16 {
 mod bf16_bits {
     use half::bf16;
 
+    use super::{Isa, dispatch};
+
+    dispatch! {
+        /// bf16 -> f32 (exact) with `isa`'s level.
+        #[inline(always)]
+        pub fn widen(src: &[bf16], dst: &mut [f32], isa: Isa) => widen_body;
+    }
+
+    dispatch! {
+        /// f32 -> bf16, nearest-even, with `isa`'s level.
+        #[inline(always)]
+        pub fn narrow(src: &[f32], dst: &mut [bf16], isa: Isa) => narrow_body;
+    }
+
     #[inline(always)]
-    pub fn widen_body(src: &[bf16], dst: &mut [f32]) {
+    fn widen_body(src: &[bf16], dst: &mut [f32], _isa: Isa) {
         for (d, s) in dst.iter_mut().zip(src) {
             let b = s.to_bits() as u32;
             // a NaN gets its quiet bit set, as half::bf16::to_f32 does
@@ -201,7 +224,7 @@ mod bf16_bits {
     }
 
     #[inline(always)]
-    pub fn narrow_body(src: &[f32], dst: &mut [bf16]) {
+    fn narrow_body(src: &[f32], dst: &mut [bf16], _isa: Isa) {
         for (d, s) in dst.iter_mut().zip(src) {
             let x = s.to_bits();
             let bits = if x & 0x7fff_ffff > 0x7f80_0000 {
@@ -212,88 +235,56 @@ mod bf16_bits {
             *d = bf16::from_bits(bits as u16);
         }
     }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn widen_avx2(src: &[bf16], dst: &mut [f32]) {
-        widen_body(src, dst)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn narrow_avx2(src: &[f32], dst: &mut [bf16]) {
-        narrow_body(src, dst)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    pub fn widen_avx512(src: &[bf16], dst: &mut [f32]) {
-        widen_body(src, dst)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    pub fn narrow_avx512(src: &[f32], dst: &mut [bf16]) {
-        narrow_body(src, dst)
-    }
 }
 
 impl HalfConvert for bf16 {
     #[inline(always)]
     fn widen(src: &[bf16], dst: &mut [f32], isa: Isa) {
-        match isa {
-            // SAFETY: the ISA was detected.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { bf16_bits::widen_avx512(src, dst) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { bf16_bits::widen_avx2(src, dst) },
-            _ => bf16_bits::widen_body(src, dst),
-        }
+        bf16_bits::widen(src, dst, isa)
     }
     #[inline(always)]
     fn narrow(src: &[f32], dst: &mut [bf16], isa: Isa) {
-        match isa {
-            // SAFETY: the ISA was detected.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { bf16_bits::narrow_avx512(src, dst) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { bf16_bits::narrow_avx2(src, dst) },
-            _ => bf16_bits::narrow_body(src, dst),
-        }
+        bf16_bits::narrow(src, dst, isa)
     }
 }
 
 /// f16 <-> f32 with F16C, 8 at a time; the tail goes through `half` (which also uses F16C).
 #[cfg(target_arch = "x86_64")]
 mod f16c {
+    use crate::isa::for_level;
     use half::f16;
     use half::slice::HalfFloatSliceExt;
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn widen(src: &[f16], dst: &mut [f32]) {
-        let n = src.len().min(dst.len());
-        let body = n - n % 8;
-        for i in (0..body).step_by(8) {
-            // SAFETY: i + 8 <= n for both slices; unaligned loads/stores.
-            unsafe {
-                let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
-                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+    for_level! { Avx2 =>
+        pub fn widen(src: &[f16], dst: &mut [f32]) {
+            let n = src.len().min(dst.len());
+            let body = n - n % 8;
+            for i in (0..body).step_by(8) {
+                // SAFETY: i + 8 <= n for both slices; unaligned loads/stores.
+                unsafe {
+                    let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+                    _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+                }
             }
+            src[body..n].convert_to_f32_slice(&mut dst[body..n]);
         }
-        src[body..n].convert_to_f32_slice(&mut dst[body..n]);
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn narrow(src: &[f32], dst: &mut [f16]) {
-        let n = src.len().min(dst.len());
-        let body = n - n % 8;
-        for i in (0..body).step_by(8) {
-            // SAFETY: as in widen. Rounding: to nearest, ties to even (IEEE, as half does).
-            unsafe {
-                let v = _mm256_loadu_ps(src.as_ptr().add(i));
-                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
-                _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+    for_level! { Avx2 =>
+        pub fn narrow(src: &[f32], dst: &mut [f16]) {
+            let n = src.len().min(dst.len());
+            let body = n - n % 8;
+            for i in (0..body).step_by(8) {
+                // SAFETY: as in widen. Rounding: to nearest, ties to even (IEEE, as half does).
+                unsafe {
+                    let v = _mm256_loadu_ps(src.as_ptr().add(i));
+                    let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                    _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+                }
             }
+            dst[body..n].convert_from_f32_slice(&src[body..n]);
         }
-        dst[body..n].convert_from_f32_slice(&src[body..n]);
     }
 }
 
@@ -348,7 +339,9 @@ macro_rules! half_element {
                 $as16_mut(x)
             }
             type Lane = f32;
-            const NAME: &'static str = $name;
+            fn name() -> &'static str {
+                $name
+            }
             #[inline(always)]
             fn for_lane_blocks(x: &[Self], isa: Isa, mut f: impl FnMut(&[f32])) {
                 let mut buf = [0f32; HALF_BLOCK];
@@ -431,14 +424,10 @@ mod tests {
     /// ties, near-ties, overflow to inf, subnormals, odd block lengths (the non-SIMD tail).
     #[test]
     fn half_rounding_matches_half_every_isa() {
-        let mut s = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = crate::testing::Rng::new(0x2545_f491_4f6c_dd1d);
+        // random bit patterns: every exponent, NaNs and infinities included
         let mut vals: Vec<f32> = (0..50_001)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                f32::from_bits((s >> 32) as u32)
-            })
+            .map(|_| f32::from_bits((rng.next_u64() >> 32) as u32))
             .collect();
         vals.extend([
             65520.0,

@@ -17,14 +17,18 @@
 //! - AdamW (`cpu/adamw_kernel.cc`, `lr_ratio = 1`): decoupled decay on the raw gradient,
 //!   `p_tmp = p - lr*coeff*p`, then the Adam update of `p_tmp` with `g` (no L2 term).
 //!
-//! Work is cut into [`CHUNK`]-element pieces and run through [`multi::run`]; every element's
-//! update depends only on that element, so results are bitwise identical for any thread count
-//! and any chunking. The kernels never reassociate or fuse (no FMA contraction in Rust), so every
-//! ISA path gives the same bits.
+//! This module holds the rules and forms each tensor's coefficients ([`update::Coefficients`]);
+//! the per-element loop is [`crate::kernels::update`]. Work is cut into [`CHUNK`]-element pieces
+//! and run through [`multi::run`]; every element's update depends only on that element, so
+//! results are bitwise identical for any thread count and any chunking. The kernel never
+//! reassociates or fuses (no FMA contraction in Rust), so every ISA path gives the same bits.
 
 use crate::element::Lane;
 use crate::isa::{self, Isa};
+use crate::kernels::update::{self, Coefficients};
 use crate::multi::{self, CHUNK};
+
+pub use crate::kernels::update::Slots;
 
 /// The update rule shared by every tensor of one call.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -80,16 +84,6 @@ impl Hyper {
     }
 }
 
-/// One tensor's buffers: the parameter (updated), its gradient (read only) and its state arrays
-/// (updated). Unused state slots are empty.
-#[derive(Debug)]
-pub struct Slots<'a, T> {
-    pub param: &'a mut [T],
-    pub grad: &'a [T],
-    pub state1: &'a mut [T],
-    pub state2: &'a mut [T],
-}
-
 /// One tensor of a call, in its dtype.
 #[derive(Debug)]
 pub enum Update<'a> {
@@ -120,136 +114,42 @@ impl core::fmt::Display for LengthMismatch {
 
 impl std::error::Error for LengthMismatch {}
 
-/// Per-tensor scalars in the update's dtype, formed once per tensor as Paddle forms them.
-#[derive(Clone, Copy, Debug)]
-struct Coef<T> {
-    lr: T,
-    wd: T,
-    /// SGD: unused. Momentum: mu. Adam: beta1.
-    a: T,
-    /// Adam: 1 - beta1.
-    a1: T,
-    /// Adam: beta2, 1 - beta2.
-    b: T,
-    b1: T,
-    /// Adam: -lr_t and eps_t.
-    neg_lr_t: T,
-    eps_t: T,
-    /// AdamW: lr * coeff (lr_ratio = 1).
-    decay: T,
-}
-
-impl<T: Lane> Coef<T> {
-    fn new(rule: Rule, h: Hyper) -> Self {
-        let lr = T::from_f64(h.lr);
-        let wd = T::from_f64(h.weight_decay);
-        let mut c = Coef {
-            lr,
-            wd,
-            a: T::ZERO,
-            a1: T::ZERO,
-            b: T::ZERO,
-            b1: T::ZERO,
-            neg_lr_t: T::ZERO,
-            eps_t: T::ZERO,
-            decay: T::ZERO,
-        };
-        match rule {
-            Rule::Sgd => {}
-            Rule::Momentum { mu, .. } => c.a = T::from_f64(mu),
-            Rule::Adam {
-                beta1,
-                beta2,
-                epsilon,
-                decoupled,
-            } => {
-                // Paddle: T beta1_p = beta1_pow[0]; learning_rate = lr * (sqrt(1 - beta2_p) /
-                // (1 - beta1_p)); eps = epsilon * sqrt(1 - beta2_p); all in T.
-                let (b1p, b2p) = (T::from_f64(h.beta1_pow), T::from_f64(h.beta2_pow));
-                let root = (T::ONE - b2p).sqrt();
-                c.a = T::from_f64(beta1);
-                c.a1 = T::ONE - c.a;
-                c.b = T::from_f64(beta2);
-                c.b1 = T::ONE - c.b;
-                c.neg_lr_t = -(lr * (root / (T::ONE - b1p)));
-                c.eps_t = T::from_f64(epsilon) * root;
-                if decoupled {
-                    c.decay = lr * wd;
-                    c.wd = T::ZERO;
-                }
-            }
-        }
-        c
-    }
-}
-
-#[inline(always)]
-fn update_body<T: Lane>(s: Slots<'_, T>, rule: Rule, c: Coef<T>) {
-    let n = s.param.len();
-    let (p, g) = (s.param, &s.grad[..n]);
-    // Paddle adds no decay term at all when there is none (0 * inf would be NaN).
-    let l2 = c.wd != T::ZERO;
+/// One tensor's coefficients under `rule`, in the update's dtype `T`, formed as Paddle forms
+/// them (every operation in `T`).
+fn coefficients<T: Lane>(rule: Rule, h: Hyper) -> Coefficients<T> {
+    let lr = T::from_f64(h.lr);
+    let weight_decay = T::from_f64(h.weight_decay);
     match rule {
-        Rule::Sgd => {
-            for i in 0..n {
-                let gi = if l2 { g[i] + c.wd * p[i] } else { g[i] };
-                p[i] = p[i] - c.lr * gi;
-            }
+        Rule::Sgd => Coefficients::Sgd(update::Sgd { lr, weight_decay }),
+        Rule::Momentum { mu, nesterov } => Coefficients::Momentum(update::Momentum {
+            lr,
+            weight_decay,
+            momentum: T::from_f64(mu),
+            nesterov,
+        }),
+        Rule::Adam {
+            beta1,
+            beta2,
+            epsilon,
+            decoupled,
+        } => {
+            // Paddle: T beta1_p = beta1_pow[0]; learning_rate = lr * (sqrt(1 - beta2_p) /
+            // (1 - beta1_p)); eps = epsilon * sqrt(1 - beta2_p); all in T.
+            let (beta1_pow, beta2_pow) = (T::from_f64(h.beta1_pow), T::from_f64(h.beta2_pow));
+            let root = (T::ONE - beta2_pow).sqrt();
+            let (beta1, beta2) = (T::from_f64(beta1), T::from_f64(beta2));
+            Coefficients::Adam(update::Adam {
+                // AdamW decays the parameter instead (lr_ratio = 1), with no L2 term
+                weight_decay: if decoupled { T::ZERO } else { weight_decay },
+                decoupled_decay: decoupled.then(|| lr * weight_decay),
+                beta1,
+                one_minus_beta1: T::ONE - beta1,
+                beta2,
+                one_minus_beta2: T::ONE - beta2,
+                neg_lr_t: -(lr * (root / (T::ONE - beta1_pow))),
+                eps_t: T::from_f64(epsilon) * root,
+            })
         }
-        Rule::Momentum { nesterov, .. } => {
-            let v = &mut s.state1[..n];
-            for i in 0..n {
-                let gi = if l2 { p[i] * c.wd + g[i] } else { g[i] };
-                let vi = v[i] * c.a + gi;
-                v[i] = vi;
-                p[i] = if nesterov {
-                    p[i] - (gi + vi * c.a) * c.lr
-                } else {
-                    p[i] - c.lr * vi
-                };
-            }
-        }
-        Rule::Adam { decoupled, .. } => {
-            let m1 = &mut s.state1[..n];
-            let m2 = &mut s.state2[..n];
-            for i in 0..n {
-                let pi = if decoupled {
-                    p[i] - c.decay * p[i]
-                } else {
-                    p[i]
-                };
-                let gi = if l2 { g[i] + c.wd * p[i] } else { g[i] };
-                let a = c.a * m1[i] + c.a1 * gi;
-                let b = c.b * m2[i] + c.b1 * gi * gi;
-                m1[i] = a;
-                m2[i] = b;
-                p[i] = pi + c.neg_lr_t * (a / (b.sqrt() + c.eps_t));
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn update_avx512<T: Lane>(s: Slots<'_, T>, rule: Rule, c: Coef<T>) {
-    update_body(s, rule, c)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn update_avx2<T: Lane>(s: Slots<'_, T>, rule: Rule, c: Coef<T>) {
-    update_body(s, rule, c)
-}
-
-fn update<T: Lane>(s: Slots<'_, T>, rule: Rule, c: Coef<T>, isa: Isa) {
-    match isa {
-        // SAFETY: `isa` comes from `isa::current()` (or a test's `Isa::available()`), which
-        // only offers what the CPU supports.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { update_avx512(s, rule, c) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { update_avx2(s, rule, c) },
-        _ => update_body(s, rule, c),
     }
 }
 
@@ -279,8 +179,8 @@ fn pieces<T>(mut s: Slots<'_, T>, n: usize) -> Vec<Slots<'_, T>> {
 }
 
 enum Piece<'a> {
-    F32(Slots<'a, f32>, Coef<f32>),
-    F64(Slots<'a, f64>, Coef<f64>),
+    F32(Slots<'a, f32>, Coefficients<f32>),
+    F64(Slots<'a, f64>, Coefficients<f64>),
 }
 
 impl Piece<'_> {
@@ -335,19 +235,19 @@ pub fn step_with(updates: Vec<Update<'_>>, rule: Rule, isa: Isa) -> Result<(), L
         match u {
             Update::F32(s, h) => {
                 total += s.param.len();
-                let c = Coef::new(rule, h);
+                let c = coefficients(rule, h);
                 items.extend(pieces(s, CHUNK).into_iter().map(|p| Piece::F32(p, c)));
             }
             Update::F64(s, h) => {
                 total += s.param.len();
-                let c = Coef::new(rule, h);
+                let c = coefficients(rule, h);
                 items.extend(pieces(s, CHUNK).into_iter().map(|p| Piece::F64(p, c)));
             }
         }
     }
     multi::run(items, total, tensors, Piece::len, |p| match p {
-        Piece::F32(s, c) => update(s, rule, c, isa),
-        Piece::F64(s, c) => update(s, rule, c, isa),
+        Piece::F32(s, c) => update::apply(s, c, isa),
+        Piece::F64(s, c) => update::apply(s, c, isa),
     });
     Ok(())
 }
@@ -358,15 +258,7 @@ mod tests {
 
     /// Deterministic pseudo-random data in [-scale, scale).
     fn data(n: usize, seed: u64, scale: f64) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-            })
-            .collect()
+        crate::testing::uniform(n, seed, -scale, scale)
     }
 
     /// Scalar f64 reference, written from the formulas (not from the kernel).

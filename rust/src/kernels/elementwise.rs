@@ -4,111 +4,100 @@
 //! blocks and rounded back to nearest-even, so each element is rounded exactly once.
 
 use crate::element::{Element, Lane};
-use crate::isa::Isa;
+#[cfg(target_arch = "x86_64")]
+use crate::isa::Level;
+use crate::isa::{Isa, dispatch};
 
 /// x <- x * factor, with `factor` rounded to the lane (f32 for f32/f16/bf16, as torch and Paddle
 /// multiply by a scale cast to the grad's dtype).
 pub fn scale<E: Element>(x: &mut [E], factor: f64, isa: Isa) {
-    let f = <E::Lane as Lane>::from_f64(factor);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { scale_avx512(x, f) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { scale_avx2(x, f) },
-        _ => scale_body(x, f, Isa::Baseline),
-    }
+    scale_by(x, <E::Lane as Lane>::from_f64(factor), isa)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-fn scale_avx512<E: Element>(x: &mut [E], f: E::Lane) {
-    if let Some(h) = E::as_f16_mut(x) {
-        // float16: 16 at a time in registers, the tail through the block path
-        let f = f.wide() as f32; // exact: the lane of f16 is f32
-        let body = h.len() - h.len() % 16;
-        let (head, tail) = h.split_at_mut(body);
-        simd::scale_f16_avx512(head, f);
-        return scale_body(tail, f, Isa::Avx512);
-    }
-    scale_body(x, f, Isa::Avx512)
-}
-
-#[cfg(target_arch = "x86_64")]
-mod simd {
-    use crate::kernels::PREFETCH;
-    use half::f16;
-    use std::arch::x86_64::*;
-
-    /// x <- x * f for float16, correctly rounded once, 16 elements per step, all in f32: the
-    /// product rounded *to odd* directly, as truncation (embedded rounding toward zero) with
-    /// the last bit set when it was inexact, which one FMA tells (`x*f - t`, exact whenever the
-    /// product is not an f32 subnormal). That is the value `element::mul_round_to_odd` computes
-    /// through f64; rounding it to f16 (F16C, nearest-even, as the block path narrows) gives the
-    /// correctly rounded product. Where the two differ before narrowing they agree after it:
-    /// products in the f32 subnormal range are far below f16's smallest subnormal (+-0 either
-    /// way), and a product past f32's range truncates to f32::MAX (odd already) instead of inf,
-    /// both of which round to f16 inf. NaN and infinite products are left as they are.
-    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    pub fn scale_f16_avx512(x: &mut [f16], f: f32) {
-        const TRUNC: i32 = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
-        let fv = _mm512_set1_ps(f);
-        let one = _mm512_set1_epi32(1);
-        for c in x.chunks_exact_mut(16) {
-            let ptr = c.as_mut_ptr() as *mut __m256i;
-            // a hint only (never faults): keeps enough lines in flight for the memory system
-            _mm_prefetch::<_MM_HINT_T0>((ptr as *const i8).wrapping_add(PREFETCH));
-            // SAFETY: c holds 16 f16 (32 bytes); unaligned load.
-            let v = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(ptr) });
-            let t = _mm512_mul_round_ps::<TRUNC>(v, fv);
-            // inexact (ordered: a NaN product stays as it is)
-            let sticky =
-                _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(_mm512_fmsub_ps(v, fv, t), _mm512_setzero_ps());
-            let bits = _mm512_castps_si512(t);
-            let odd = _mm512_mask_or_epi32(bits, sticky, bits, one);
-            let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm512_castsi512_ps(odd),
-            );
-            // SAFETY: as for the load.
-            unsafe { _mm256_storeu_si256(ptr, h) };
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn scale_avx2<E: Element>(x: &mut [E], f: E::Lane) {
-    scale_body(x, f, Isa::Avx2)
+dispatch! {
+    /// x <- x * f, `f` already in the lane.
+    fn scale_by<E: Element>(x: &mut [E], f: E::Lane, isa: Isa) => scale_body;
 }
 
 #[inline(always)]
 fn scale_body<E: Element>(x: &mut [E], f: E::Lane, isa: Isa) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.level() == Level::Avx512
+        && let Some(h) = E::as_f16_mut(x)
+    {
+        // float16: 16 at a time in registers, the tail through the block path
+        let f = f.wide() as f32; // exact: the lane of f16 is f32
+        let body = h.len() - h.len() % 16;
+        let (head, tail) = h.split_at_mut(body);
+        // SAFETY: the token is of the AVX-512 level, so the CPU has its features.
+        unsafe { simd::scale_f16_avx512(head, f) };
+        return scale_lanes(tail, f, isa);
+    }
+    scale_lanes(x, f, isa)
+}
+
+/// x <- x * f through lane blocks ([`Element::scale_lanes`]).
+#[inline(always)]
+fn scale_lanes<E: Element>(x: &mut [E], f: E::Lane, isa: Isa) {
     E::map_lane_blocks(x, isa, |b| E::scale_lanes(b, f));
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use crate::isa::for_level;
+    use crate::kernels::PREFETCH;
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    for_level! { Avx512 =>
+        /// x <- x * f for float16, correctly rounded once, 16 elements per step, all in f32: the
+        /// product rounded *to odd* directly, as truncation (embedded rounding toward zero) with
+        /// the last bit set when it was inexact, which one FMA tells (`x*f - t`, exact whenever
+        /// the product is not an f32 subnormal). That is the value `element::mul_round_to_odd`
+        /// computes through f64; rounding it to f16 (F16C, nearest-even, as the block path
+        /// narrows) gives the correctly rounded product. Where the two differ before narrowing
+        /// they agree after it: products in the f32 subnormal range are far below f16's smallest
+        /// subnormal (+-0 either way), and a product past f32's range truncates to f32::MAX (odd
+        /// already) instead of inf, both of which round to f16 inf. NaN and infinite products
+        /// are left as they are.
+        pub fn scale_f16_avx512(x: &mut [f16], f: f32) {
+            const TRUNC: i32 = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
+            let fv = _mm512_set1_ps(f);
+            let one = _mm512_set1_epi32(1);
+            for c in x.chunks_exact_mut(16) {
+                let ptr = c.as_mut_ptr() as *mut __m256i;
+                // a hint only (never faults): keeps enough lines in flight for the memory system
+                _mm_prefetch::<_MM_HINT_T0>((ptr as *const i8).wrapping_add(PREFETCH));
+                // SAFETY: c holds 16 f16 (32 bytes); unaligned load.
+                let v = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(ptr) });
+                let t = _mm512_mul_round_ps::<TRUNC>(v, fv);
+                // inexact (ordered: a NaN product stays as it is)
+                let sticky = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(
+                    _mm512_fmsub_ps(v, fv, t),
+                    _mm512_setzero_ps(),
+                );
+                let bits = _mm512_castps_si512(t);
+                let odd = _mm512_mask_or_epi32(bits, sticky, bits, one);
+                let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm512_castsi512_ps(odd),
+                );
+                // SAFETY: as for the load.
+                unsafe { _mm256_storeu_si256(ptr, h) };
+            }
+        }
+    }
 }
 
 /// x <- lo if x < lo, hi if x > hi, else x (NaN stays NaN). The bounds are first rounded to the
 /// storage dtype (Paddle's `Scalar.to<T>()`), so a clamped element equals the rounded bound
 /// exactly. The caller guarantees lo <= hi after that rounding.
 pub fn clamp<E: Element>(x: &mut [E], lo: f64, hi: f64, isa: Isa) {
-    let (lo, hi) = (E::bound(lo), E::bound(hi));
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { clamp_avx512(x, lo, hi) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { clamp_avx2(x, lo, hi) },
-        _ => clamp_body(x, lo, hi, Isa::Baseline),
-    }
+    clamp_to(x, E::bound(lo), E::bound(hi), isa)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-fn clamp_avx512<E: Element>(x: &mut [E], lo: E::Lane, hi: E::Lane) {
-    clamp_body(x, lo, hi, Isa::Avx512)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn clamp_avx2<E: Element>(x: &mut [E], lo: E::Lane, hi: E::Lane) {
-    clamp_body(x, lo, hi, Isa::Avx2)
+dispatch! {
+    /// x <- clamp(x, lo, hi), the bounds already rounded to the dtype and widened to the lane.
+    fn clamp_to<E: Element>(x: &mut [E], lo: E::Lane, hi: E::Lane, isa: Isa) => clamp_body;
 }
 
 #[inline(always)]
@@ -213,8 +202,9 @@ mod tests {
     }
 
     /// Every f16 bit pattern, NaN payloads and infinities included, scales to the same bits on
-    /// every ISA (only a NaN factor leaves the NaN payload unspecified) (the AVX-512 path converts in registers, the others through blocks); the odd
-    /// length leaves a tail for the block path.
+    /// every ISA (only a NaN factor leaves the NaN payload unspecified): the AVX-512 path
+    /// converts in registers, the others through blocks; the odd length leaves a tail for the
+    /// block path.
     #[test]
     fn half_scale_bitwise_equal_across_isas() {
         let h: Vec<f16> = (0..=u16::MAX).chain(0..7).map(f16::from_bits).collect();
@@ -231,7 +221,7 @@ mod tests {
             1e-40,
         ] {
             let mut want = h.clone();
-            scale(&mut want, k, Isa::Baseline);
+            scale(&mut want, k, Isa::baseline());
             for isa in Isa::available() {
                 let mut got = h.clone();
                 scale(&mut got, k, isa);

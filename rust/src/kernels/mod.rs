@@ -1,13 +1,18 @@
 //! Pure per-slice kernels. Nothing here knows about Python, threads or tensors lists.
 //!
 //! - [`reduce`]: the partial p-norm of one slice ([`Partial`]), overflow-safe for f64;
-//! - [`elementwise`]: in-place scale and clamp.
+//! - [`elementwise`]: in-place scale and clamp;
+//! - [`update`]: the optimizer update of one tensor (the rules and their coefficients are
+//!   [`crate::optim`]'s).
 //!
-//! Each operation has one generic body (`#[inline(always)]`) that the ISA variants instantiate
-//! inside `#[target_feature]` functions, so the compiler vectorizes it for that ISA.
+//! Each operation has one generic body (`#[inline(always)]`) that `isa::dispatch!`
+//! instantiates once per ISA level inside `#[target_feature]` functions, so the compiler
+//! vectorizes it for that level; the public function takes an [`crate::isa::Isa`] token, the
+//! proof that the CPU has the level's features.
 
 pub mod elementwise;
 pub mod reduce;
+pub mod update;
 
 pub use elementwise::{clamp, scale};
 

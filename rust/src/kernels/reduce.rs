@@ -11,7 +11,9 @@
 //! NaN anywhere gives NaN; +-inf gives +inf (for p-norms) as torch does.
 
 use crate::element::{Element, Lane};
-use crate::isa::Isa;
+#[cfg(target_arch = "x86_64")]
+use crate::isa::Level;
+use crate::isa::{Isa, dispatch};
 
 /// Independent accumulators per loop: breaks the add dependency chain (Rust never
 /// reassociates floats, so this is what lets the loop vectorize) and fixes the summation order,
@@ -158,27 +160,10 @@ impl Partial {
     }
 }
 
-/// The partial p-norm (or max) of one slice, computed with the given ISA.
-pub fn partial_norm<E: Element>(x: &[E], norm: NormType, isa: Isa) -> Partial {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { partial_norm_avx512(x, norm) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { partial_norm_avx2(x, norm) },
-        _ => partial_norm_body(x, norm, Isa::Baseline),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-fn partial_norm_avx512<E: Element>(x: &[E], norm: NormType) -> Partial {
-    partial_norm_body(x, norm, Isa::Avx512)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn partial_norm_avx2<E: Element>(x: &[E], norm: NormType) -> Partial {
-    partial_norm_body(x, norm, Isa::Avx2)
+dispatch! {
+    /// The partial p-norm (or max) of one slice, computed with the given ISA.
+    pub fn partial_norm<E: Element>(x: &[E], norm: NormType, isa: Isa) -> Partial
+        => partial_norm_body;
 }
 
 #[inline(always)]
@@ -216,12 +201,12 @@ fn partial_norm_body<E: Element>(x: &[E], norm: NormType, isa: Isa) -> Partial {
 fn sum_pow<E: Element>(x: &[E], p: f64, isa: Isa) -> f64 {
     // float16 on AVX-512: converted in registers (no block buffer), same arithmetic.
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512
+    if isa.level() == Level::Avx512
         && (p == 2.0 || p == 1.0)
         && let Some(h) = E::as_f16(x)
     {
         let term = if p == 2.0 { Term::Square } else { Term::Abs };
-        // SAFETY: the ISA was detected at run time.
+        // SAFETY: the token is of the AVX-512 level, so the CPU has its features.
         return unsafe { simd::sum_f16_avx512(h, term) };
     }
     let mut total = 0.0;
@@ -301,12 +286,17 @@ impl Term {
 /// at half speed), so the AVX2/AVX-512 paths spell the same arithmetic out in intrinsics.
 #[inline(always)]
 fn sum_terms<L: Lane>(x: &[L], term: Term, isa: Isa) -> f64 {
-    match isa {
-        // SAFETY: the ISA was detected at run time (Isa::available).
+    match isa.level() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { simd::sum_avx512(x, term) },
+        Level::Avx512 => {
+            // SAFETY: the token is of the AVX-512 level, so the CPU has its features.
+            unsafe { simd::sum_avx512(x, term) }
+        }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { simd::sum_avx2(x, term) },
+        Level::Avx2 => {
+            // SAFETY: the token is of the AVX2 level, so the CPU has its features.
+            unsafe { simd::sum_avx2(x, term) }
+        }
         _ => sum_lanes(x, term.scalar()),
     }
 }
@@ -315,35 +305,129 @@ fn sum_terms<L: Lane>(x: &[L], term: Term, isa: Isa) -> f64 {
 mod simd {
     use super::{LANES, Term, finish};
     use crate::element::{HALF_BLOCK, Lane};
+    use crate::isa::for_level;
     use crate::kernels::PREFETCH;
     use half::f16;
     use std::arch::x86_64::*;
 
-    /// [`sum_avx512`] of float16 data with the widening fused into the loads: the same
-    /// [`HALF_BLOCK`]-element blocks, each summed with 16 accumulators, finished, and added to
-    /// the total in order, exactly as the block path (`for_lane_blocks` then `sum_terms`) does.
-    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    pub fn sum_f16_avx512(x: &[f16], term: Term) -> f64 {
-        let mut total = 0.0;
-        for block in x.chunks(HALF_BLOCK) {
-            let mut acc = [_mm512_setzero_pd(); 2];
-            let mut chunks = block.chunks_exact(LANES);
+    for_level! { Avx512 =>
+        /// [`sum_avx512`] of float16 data with the widening fused into the loads: the same
+        /// [`HALF_BLOCK`]-element blocks, each summed with 16 accumulators, finished, and added to
+        /// the total in order, exactly as the block path (`for_lane_blocks` then `sum_terms`) does.
+        pub fn sum_f16_avx512(x: &[f16], term: Term) -> f64 {
+            let mut total = 0.0;
+            for block in x.chunks(HALF_BLOCK) {
+                let mut acc = [_mm512_setzero_pd(); 2];
+                let mut chunks = block.chunks_exact(LANES);
+                for c in &mut chunks {
+                    let ptr = c.as_ptr() as *const __m256i;
+                    // a hint only (never faults): keeps enough lines in flight for the memory
+                    // system
+                    _mm_prefetch::<_MM_HINT_T0>((ptr as *const i8).wrapping_add(PREFETCH));
+                    // SAFETY: c holds 16 f16 (32 bytes); unaligned load.
+                    let v = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(ptr) });
+                    let halves = [
+                        _mm512_castps512_ps256(v),
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
+                    ];
+                    for (a, h) in acc.iter_mut().zip(halves) {
+                        let d = _mm512_cvtps_pd(h);
+                        let t = if term == Term::Square {
+                            _mm512_mul_pd(d, d)
+                        } else {
+                            _mm512_abs_pd(d)
+                        };
+                        *a = _mm512_add_pd(*a, t);
+                    }
+                }
+                let mut lanes = [0f64; LANES];
+                for (k, a) in acc.iter().enumerate() {
+                    // SAFETY: lanes has room for 8 f64 at 8k.
+                    unsafe { _mm512_storeu_pd(lanes.as_mut_ptr().add(8 * k), *a) };
+                }
+                let rest = chunks.remainder();
+                let mut tail = [0f32; LANES];
+                for (d, h) in tail.iter_mut().zip(rest) {
+                    *d = h.to_f32();
+                }
+                total += finish(lanes, &tail[..rest.len()], term.scalar());
+            }
+            total
+        }
+    }
+
+    for_level! { Avx2 =>
+        /// AVX2: the 16 accumulators are four 4-lane f64 registers (register k holds lanes
+        /// 4k..4k+3).
+        pub fn sum_avx2<L: Lane>(x: &[L], term: Term) -> f64 {
+            let mut acc = [_mm256_setzero_pd(); 4];
+            let sign = _mm256_set1_pd(-0.0);
+            let mut chunks = x.chunks_exact(LANES);
             for c in &mut chunks {
-                // a hint only (never faults): keeps enough lines in flight for the memory system
                 _mm_prefetch::<_MM_HINT_T0>((c.as_ptr() as *const i8).wrapping_add(PREFETCH));
-                // SAFETY: c holds 16 f16 (32 bytes); unaligned load.
-                let v =
-                    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(c.as_ptr() as *const __m256i) });
-                let halves = [
-                    _mm512_castps512_ps256(v),
-                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
-                ];
-                for (a, h) in acc.iter_mut().zip(halves) {
-                    let d = _mm512_cvtps_pd(h);
-                    let t = if term == Term::Square {
-                        _mm512_mul_pd(d, d)
+                // SAFETY: c holds LANES = 16 elements of L (f32 or f64); unaligned loads.
+                let v: [__m256d; 4] = unsafe {
+                    if L::BYTES == 4 {
+                        let p = c.as_ptr() as *const f32;
+                        [
+                            _mm256_cvtps_pd(_mm_loadu_ps(p)),
+                            _mm256_cvtps_pd(_mm_loadu_ps(p.add(4))),
+                            _mm256_cvtps_pd(_mm_loadu_ps(p.add(8))),
+                            _mm256_cvtps_pd(_mm_loadu_ps(p.add(12))),
+                        ]
                     } else {
-                        _mm512_abs_pd(d)
+                        let p = c.as_ptr() as *const f64;
+                        [
+                            _mm256_loadu_pd(p),
+                            _mm256_loadu_pd(p.add(4)),
+                            _mm256_loadu_pd(p.add(8)),
+                            _mm256_loadu_pd(p.add(12)),
+                        ]
+                    }
+                };
+                for (a, v) in acc.iter_mut().zip(v) {
+                    let t = if term == Term::Square {
+                        _mm256_mul_pd(v, v)
+                    } else {
+                        _mm256_andnot_pd(sign, v)
+                    };
+                    *a = _mm256_add_pd(*a, t);
+                }
+            }
+            let mut lanes = [0f64; LANES];
+            for (k, a) in acc.iter().enumerate() {
+                // SAFETY: lanes has room for 4 f64 at 4k.
+                unsafe { _mm256_storeu_pd(lanes.as_mut_ptr().add(4 * k), *a) };
+            }
+            finish(lanes, chunks.remainder(), term.scalar())
+        }
+    }
+
+    for_level! { Avx512 =>
+        /// AVX-512: the 16 accumulators are two 8-lane f64 registers.
+        pub fn sum_avx512<L: Lane>(x: &[L], term: Term) -> f64 {
+            let mut acc = [_mm512_setzero_pd(); 2];
+            let mut chunks = x.chunks_exact(LANES);
+            for c in &mut chunks {
+                _mm_prefetch::<_MM_HINT_T0>((c.as_ptr() as *const i8).wrapping_add(PREFETCH));
+                // SAFETY: as in sum_avx2.
+                let v: [__m512d; 2] = unsafe {
+                    if L::BYTES == 4 {
+                        let p = c.as_ptr() as *const f32;
+                        [
+                            _mm512_cvtps_pd(_mm256_loadu_ps(p)),
+                            _mm512_cvtps_pd(_mm256_loadu_ps(p.add(8))),
+                        ]
+                    } else {
+                        let p = c.as_ptr() as *const f64;
+                        [_mm512_loadu_pd(p), _mm512_loadu_pd(p.add(8))]
+                    }
+                };
+                for (a, v) in acc.iter_mut().zip(v) {
+                    let t = if term == Term::Square {
+                        _mm512_mul_pd(v, v)
+                    } else {
+                        _mm512_abs_pd(v)
                     };
                     *a = _mm512_add_pd(*a, t);
                 }
@@ -353,96 +437,8 @@ mod simd {
                 // SAFETY: lanes has room for 8 f64 at 8k.
                 unsafe { _mm512_storeu_pd(lanes.as_mut_ptr().add(8 * k), *a) };
             }
-            let rest = chunks.remainder();
-            let mut tail = [0f32; LANES];
-            for (d, h) in tail.iter_mut().zip(rest) {
-                *d = h.to_f32();
-            }
-            total += finish(lanes, &tail[..rest.len()], term.scalar());
+            finish(lanes, chunks.remainder(), term.scalar())
         }
-        total
-    }
-
-    /// AVX2: the 16 accumulators are four 4-lane f64 registers (register k holds lanes 4k..4k+3).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn sum_avx2<L: Lane>(x: &[L], term: Term) -> f64 {
-        let mut acc = [_mm256_setzero_pd(); 4];
-        let sign = _mm256_set1_pd(-0.0);
-        let mut chunks = x.chunks_exact(LANES);
-        for c in &mut chunks {
-            _mm_prefetch::<_MM_HINT_T0>((c.as_ptr() as *const i8).wrapping_add(PREFETCH));
-            // SAFETY: c holds LANES = 16 elements of L (f32 or f64); unaligned loads.
-            let v: [__m256d; 4] = unsafe {
-                if L::BYTES == 4 {
-                    let p = c.as_ptr() as *const f32;
-                    [
-                        _mm256_cvtps_pd(_mm_loadu_ps(p)),
-                        _mm256_cvtps_pd(_mm_loadu_ps(p.add(4))),
-                        _mm256_cvtps_pd(_mm_loadu_ps(p.add(8))),
-                        _mm256_cvtps_pd(_mm_loadu_ps(p.add(12))),
-                    ]
-                } else {
-                    let p = c.as_ptr() as *const f64;
-                    [
-                        _mm256_loadu_pd(p),
-                        _mm256_loadu_pd(p.add(4)),
-                        _mm256_loadu_pd(p.add(8)),
-                        _mm256_loadu_pd(p.add(12)),
-                    ]
-                }
-            };
-            for (a, v) in acc.iter_mut().zip(v) {
-                let t = if term == Term::Square {
-                    _mm256_mul_pd(v, v)
-                } else {
-                    _mm256_andnot_pd(sign, v)
-                };
-                *a = _mm256_add_pd(*a, t);
-            }
-        }
-        let mut lanes = [0f64; LANES];
-        for (k, a) in acc.iter().enumerate() {
-            // SAFETY: lanes has room for 4 f64 at 4k.
-            unsafe { _mm256_storeu_pd(lanes.as_mut_ptr().add(4 * k), *a) };
-        }
-        finish(lanes, chunks.remainder(), term.scalar())
-    }
-
-    /// AVX-512: the 16 accumulators are two 8-lane f64 registers.
-    #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    pub fn sum_avx512<L: Lane>(x: &[L], term: Term) -> f64 {
-        let mut acc = [_mm512_setzero_pd(); 2];
-        let mut chunks = x.chunks_exact(LANES);
-        for c in &mut chunks {
-            _mm_prefetch::<_MM_HINT_T0>((c.as_ptr() as *const i8).wrapping_add(PREFETCH));
-            // SAFETY: as in sum_avx2.
-            let v: [__m512d; 2] = unsafe {
-                if L::BYTES == 4 {
-                    let p = c.as_ptr() as *const f32;
-                    [
-                        _mm512_cvtps_pd(_mm256_loadu_ps(p)),
-                        _mm512_cvtps_pd(_mm256_loadu_ps(p.add(8))),
-                    ]
-                } else {
-                    let p = c.as_ptr() as *const f64;
-                    [_mm512_loadu_pd(p), _mm512_loadu_pd(p.add(8))]
-                }
-            };
-            for (a, v) in acc.iter_mut().zip(v) {
-                let t = if term == Term::Square {
-                    _mm512_mul_pd(v, v)
-                } else {
-                    _mm512_abs_pd(v)
-                };
-                *a = _mm512_add_pd(*a, t);
-            }
-        }
-        let mut lanes = [0f64; LANES];
-        for (k, a) in acc.iter().enumerate() {
-            // SAFETY: lanes has room for 8 f64 at 8k.
-            unsafe { _mm512_storeu_pd(lanes.as_mut_ptr().add(8 * k), *a) };
-        }
-        finish(lanes, chunks.remainder(), term.scalar())
     }
 }
 
@@ -502,17 +498,7 @@ mod tests {
     }
 
     fn data(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 11) as f64 / (1u64 << 53) as f64) * 8.0 - 4.0
-            })
-            .collect()
+        crate::testing::uniform(n, seed, -4.0, 4.0)
     }
 
     fn norm_of<E: Element>(x: &[E], p: f64, isa: Isa) -> f64 {
@@ -535,10 +521,10 @@ mod tests {
                 let r16 = reference(&x16.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), p);
                 let rb = reference(&xb.iter().map(|v| v.to_f64()).collect::<Vec<_>>(), p);
                 let first = [
-                    norm_of(&x, p, Isa::Baseline),
-                    norm_of(&x32, p, Isa::Baseline),
-                    norm_of(&x16, p, Isa::Baseline),
-                    norm_of(&xb, p, Isa::Baseline),
+                    norm_of(&x, p, Isa::baseline()),
+                    norm_of(&x32, p, Isa::baseline()),
+                    norm_of(&x16, p, Isa::baseline()),
+                    norm_of(&xb, p, Isa::baseline()),
                 ];
                 for isa in Isa::available() {
                     let got = norm_of(&x, p, isa);
@@ -637,8 +623,8 @@ mod tests {
     #[test]
     fn partials_combine_exactly() {
         let n = NormType::P(2.0);
-        let a = partial_norm(&[1e200f64, 1e200], n, Isa::Baseline);
-        let b = partial_norm(&[1.0f64], n, Isa::Baseline);
+        let a = partial_norm(&[1e200f64, 1e200], n, Isa::baseline());
+        let b = partial_norm(&[1.0f64], n, Isa::baseline());
         let c = a.combine(b, n);
         assert!((c.norm(n) - 2f64.sqrt() * 1e200).abs() < 1e186);
         let z = Partial::ZERO.combine(b, n);
