@@ -137,7 +137,7 @@ class _Guarded:
     def norm_scale_(self, arrays: Any, norm_type: float, coefficient: Any, name: str = "grads",
                     positions: Sequence[int] | None = None) -> float:  # fmt: skip
         self._check(arrays, name, positions, None)
-        return self._base.norm_scale_(arrays, norm_type, coefficient, name, positions)  # type: ignore[no-any-return]
+        return float(self._base.norm_scale_(arrays, norm_type, coefficient, name, positions))
 
     def scale_(self, arrays: Any, factors: Any, name: str = "grads", positions: Sequence[int] | None = None) -> None:
         self._check(arrays, name, positions, None)
@@ -176,10 +176,15 @@ class Collected:
         """``fastclip._fastclip`` for CPU buffers, ``fastclip._cuda`` for CUDA buffers; wrapped so that
         in-place calls refuse what a restricted buffer (an inference tensor, a negated view) does
         not allow, when there is one."""
+        base: Any
         if self.device == CUDA:
-            from . import _cuda as base
+            from . import _cuda
+
+            base = _cuda
         else:
-            from . import _fastclip as base
+            from . import _fastclip
+
+            base = _fastclip
         if self._restricted:
             return _Guarded(base, self._restricted, self.arrays)
         return base
@@ -318,14 +323,14 @@ def _finish(buffers: list[Any], positions: list[int], name: str) -> Collected:
     exports = [None if isinstance(b, np.ndarray) else inspect(b, name, p) for b, p in zip(buffers, positions)]
     kinds = [device_kind(b, name, p) for b, p in zip(buffers, positions)]
     if CUDA not in kinds:
-        arrays = [b if e is None else _numpy_view(e, name, p) for b, e, p in zip(buffers, exports, positions)]
-        return Collected(arrays, pos_or_none, CPU, _restrictions(arrays, exports))
+        views = [b if e is None else _numpy_view(e, name, p) for b, e, p in zip(buffers, exports, positions)]
+        return Collected(views, pos_or_none, CPU, _restrictions(views, exports))
     if CPU in kinds:
         raise _mixed_devices(name, positions, kinds)
     from . import _cuda  # imports CuPy (ImportError saying what to install if it is missing)
 
-    arrays = _cuda.as_buffers(buffers, name, positions)
-    return Collected(arrays, pos_or_none, CUDA, _restrictions(arrays, exports))
+    bufs: list[Any] = list(_cuda.as_buffers(buffers, name, positions))
+    return Collected(bufs, pos_or_none, CUDA, _restrictions(bufs, exports))
 
 
 def collect(grads: Any, name: str = "grads") -> Collected:
