@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from typing import Any
@@ -165,3 +166,110 @@ def test_cpu_users_never_import_cupy_or_the_cuda_module() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+class JunkDevice:
+    """A DLPack producer over a real array whose ``__dlpack_device__`` answers ``answer`` (or raises it)."""
+
+    def __init__(self, answer: Any, arr: np.ndarray | None = None) -> None:
+        self.answer = answer
+        self.arr = np.ones(2) if arr is None else arr
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self.arr.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+JUNK = {
+    "list": [1, 0],
+    "short": (1,),
+    "long": (1, 0, 0),
+    "str-type": ("cpu", 0),
+    "float-type": (1.0, 0),
+    "bool-type": (True, 0),
+    "str-id": (1, "0"),
+    "none": None,
+    "raises": RuntimeError("no device"),
+    "raises-attr": AttributeError("gone"),
+    "cuda-without-id": (2, None),
+}
+
+
+@pytest.mark.parametrize("kind", list(JUNK))
+def test_junk_dlpack_device_is_a_type_error_with_the_position(kind: str) -> None:
+    ok = np.array([30.0, 40.0])
+    items = [ok, Param(None), JunkDevice(JUNK[kind])]
+    calls = [
+        lambda: fc.get_total_norm(items),
+        lambda: fc.clip_grad_norm_(items, 1.0),
+        lambda: fc.clip_grads_with_norm_(items, 1.0, 50.0),
+        lambda: fc.clip_grad_value_(items, 1.0),
+    ]
+    want = r"grads\[2\]\.__dlpack_device__\(\) must return a \(device_type, device_id\) tuple"
+    for call in calls:
+        with pytest.raises(TypeError, match=want):
+            call()
+    with pytest.raises(TypeError, match=r"params_grads\[1\]\.__dlpack_device__\(\)"):
+        fc.ClipGradByNorm(1.0)([(None, ok), (None, JunkDevice(JUNK[kind]))])
+    np.testing.assert_array_equal(ok, [30.0, 40.0])
+
+
+def test_raising_dlpack_device_keeps_the_cause() -> None:
+    err = RuntimeError("no device")
+    with pytest.raises(TypeError, match="but it raised RuntimeError: no device") as e:
+        collect([JunkDevice(err)])
+    assert e.value.__cause__ is err
+
+
+def test_good_dlpack_device_answers() -> None:
+    import enum
+
+    class DL(enum.IntEnum):
+        CPU = 1
+
+    a = np.array([3.0, 4.0])
+    for answer in ((1, None), (np.int64(1), np.int32(0)), (DL.CPU, 0), (3, 0)):
+        assert fc.get_total_norm(JunkDevice(answer, a)) == 5.0  # Paddle answers (kDLCPU, None)
+    assert _buffers.dlpack_device(JunkDevice((DL.CPU, None), a)) == (1, None)
+
+
+def test_a_producer_whose_export_raises_anything_is_a_type_error() -> None:
+    class Broken(DLPackProducer):
+        def __dlpack__(self, **kwargs: Any) -> Any:
+            raise AttributeError("'NoneType' object has no attribute '_to_dlpack_versioned'")  # Paddle's
+
+    with pytest.raises(TypeError, match=r"grads\[1\] cannot be viewed as a NumPy array through DLPack"):
+        fc.get_total_norm([np.ones(1), Broken(np.ones(2))])
+
+
+def test_restricted_buffers_refuse_what_they_do_not_allow() -> None:
+    # what collect builds for a torch inference tensor or negative-bit view (those need torch: see
+    # test_torch_interop.py), checked here on plain arrays through the same Collected.ops
+    free, frozen, neg = np.array([3.0]), np.array([4.0]), np.array([-2.0])
+    r = {
+        id(frozen): _buffers._Restriction(False, "is frozen for this test"),
+        id(neg): _buffers._Restriction(True, None),
+    }
+    c = _buffers.Collected([free, frozen, neg], [0, 2, 5], restricted=r)
+    ops = c.ops
+    assert ops is not _fastclip and ops.isa is _fastclip.isa  # everything else is the module's
+    assert ops.norms(c.arrays, 2.0, True, "grads", c.positions)[1] == pytest.approx(math.sqrt(29.0))
+    with pytest.raises(ValueError, match=r"grads\[2\] is frozen for this test"):
+        ops.scale_(c.arrays, 0.5, "grads", c.positions)
+    with pytest.raises(ValueError, match=r"grads\[2\] is frozen for this test"):
+        ops.norm_scale_(c.arrays, 2.0, lambda t: 0.5, "grads", c.positions)
+    with pytest.raises(ValueError, match=r"grads\[2\] is frozen"):
+        ops.clamp_(c.arrays, -1.0, 1.0, "grads", c.positions)
+    np.testing.assert_array_equal(np.concatenate(c.arrays), [3.0, 4.0, -2.0])
+    c = _buffers.Collected([free, neg], [0, 5], restricted=r)
+    with pytest.raises(ValueError, match=r"params_grads\[5\] is a torch negative-bit view.*asymmetric clamp"):
+        c.ops.clamp_(c.arrays, -1.0, 0.5, "params_grads", c.positions)
+    np.testing.assert_array_equal(np.concatenate(c.arrays), [3.0, -2.0])
+    c.ops.clamp_(c.arrays, -1.0, 1.0, "grads", c.positions)  # symmetric: allowed
+    c.ops.scale_(c.arrays, 0.5)
+    np.testing.assert_array_equal(np.concatenate(c.arrays), [0.5, -0.5])
+    assert _buffers.Collected([free], None).ops is _fastclip  # no restriction: the module itself
