@@ -47,12 +47,13 @@ update** (μ, σ²) on a spike while the grads are still clipped and the step is
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 from ._checks import threshold as _threshold
 from ._plan import AdaptiveStats, Batch, ClipPlan, PlannedClip, bool_arg, check_kind, int_arg, pair_list, plan_of
-from .clip import ClipGradBase
+from .clip import ClipGradBase, ClipStats
 
 __all__ = ["ClipPlan", "SkipAbove", "SkipNonFinite", "plan_of"]
 
@@ -83,6 +84,16 @@ def _skipped_stats(b: Batch, norms: tuple[float, ...], total: float, threshold: 
 def _plain_stats(b: Batch, norms: tuple[float, ...], total: float, threshold: float | None = None) -> AdaptiveStats:
     n = len(b.positions)
     return AdaptiveStats(tuple(b.positions), norms, (1.0,) * n, (False,) * n, total, threshold=threshold)
+
+
+def _adapted(stats: Any, fallback: AdaptiveStats) -> AdaptiveStats:
+    """The inner clipper's stats as an :class:`AdaptiveStats` (``skipped=False``), so ``last_stats``
+    of a policy always has ``skipped``; ``fallback`` when the inner recorded none."""
+    if isinstance(stats, AdaptiveStats):
+        return stats
+    if isinstance(stats, ClipStats):
+        return AdaptiveStats(**{f.name: getattr(stats, f.name) for f in dataclasses.fields(ClipStats)})
+    return fallback
 
 
 def _close_inner(plan: ClipPlan) -> None:
@@ -226,7 +237,7 @@ class SkipNonFinite(_Counters, PlannedClip):
             out = inner_plan.apply()
             self._count(False)
             inner_stats = getattr(self._inner_clip, "last_stats", None)
-            self.last_stats = inner_stats if inner_stats is not None else _plain_stats(b, norms, total)
+            self.last_stats = _adapted(inner_stats, _plain_stats(b, norms, total))
             return out
 
         def on_discard() -> None:
@@ -308,9 +319,7 @@ class SkipAbove(_Counters, PlannedClip):
             out = inner_plan.apply()
             self._count(False)
             inner_stats = getattr(self._inner_clip, "last_stats", None)
-            self.last_stats = (
-                inner_stats if inner_stats is not None else _plain_stats(b, norms, total, self._threshold)
-            )
+            self.last_stats = _adapted(inner_stats, _plain_stats(b, norms, total, self._threshold))
             return out
 
         def on_discard() -> None:
