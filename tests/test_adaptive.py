@@ -247,6 +247,22 @@ def test_adagc_departure_nonfinite_kept_out_of_statistics() -> None:
             assert all(math.isfinite(ada.gamma(k)) for k in range(3))
 
 
+def test_adagc_inf_in_warmup_updates_no_gamma() -> None:
+    """``nonfinite_kept_out_of_statistics`` for an inf during warm-up: the package's h = λ_abs / inf = 0
+    zeroes every tensor, so its γ = min(γ, 0) = 0 for all of them; fastclip keeps every γ (the
+    grads are scaled by 0 as the package scales them)."""
+    ada = fc.AdaGC(warmup_steps=10)
+    ada.clip_([np.array([3.0, 4.0]), np.array([1.0])])
+    gammas = [ada.gamma(0), ada.gamma(1)]
+    a, b = np.array([3.0, 4.0]), np.array([np.inf])
+    ada.clip_([a, b])
+    assert [ada.gamma(0), ada.gamma(1)] == gammas and all(g > 0 for g in gammas)
+    assert np.all(a == 0.0) and np.isnan(b[0])
+    c, d = np.array([np.nan, 1.0]), np.array([1.0])
+    ada.clip_([c, d])
+    assert [ada.gamma(0), ada.gamma(1)] == gammas and np.isnan(d[0])
+
+
 def test_adagc_departure_float32_norm_overflow() -> None:
     """``float32_norm_overflow``: the package's float32 norm of the ~1e20 tensor is inf (h = 0, the
     tensor zeroed, γ decays); fastclip clips it to λ_rel·γ as the package does in float64."""
@@ -790,6 +806,39 @@ def test_torch_module_and_parameters() -> None:
     np.testing.assert_allclose(lin.bias.grad.numpy(), want_b, rtol=3e-7)
     z = fc.ZClip(warmup_steps=1, max_grad_norm=1.0)
     assert z.step(lin) == pytest.approx(float(torch.cat([p.grad.ravel() for p in lin.parameters()]).norm()))
+
+
+@pytest.mark.parametrize("ci", range(5))
+def test_each_clipper_reads_the_grads_once(ci: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cost: one norm pass over the grads (AGC: plus one over the weights), one scaling pass over at
+    most the grads' bytes; the writability check (``scale_`` by exactly 1.0) touches no data."""
+    import fastclip._fastclip as ext
+
+    read: list[int] = []
+    written: list[int] = []
+    real_norms, real_scale = ext.norms, ext.scale_
+
+    def norms(arrays: Any, *args: Any) -> Any:
+        read.append(sum(a.nbytes for a in arrays))
+        return real_norms(arrays, *args)
+
+    def scale_(arrays: Any, factors: Any, *args: Any) -> Any:
+        fs = [factors] * len(arrays) if isinstance(factors, float) else list(factors)
+        written.append(sum(a.nbytes for a, f in zip(arrays, fs) if f != 1.0))
+        return real_scale(arrays, factors, *args)
+
+    monkeypatch.setattr(ext, "norms", norms)
+    monkeypatch.setattr(ext, "scale_", scale_)
+    c = [fc.AdaptiveGradClip(0.01), fc.ZClip(warmup_steps=2), fc.AutoClip(), fc.AutoClip(global_threshold=True),
+         fc.AdaGC(warmup_steps=2)][ci]  # fmt: skip
+    for t in (0, 1, 14, 15):
+        grads = fresh(t)
+        nbytes = sum(g.nbytes for g in grads)
+        read.clear()
+        written.clear()
+        c.clip([(np.ones(g.shape, np.float32), g) for g in grads])
+        assert read == ([nbytes, nbytes] if ci == 0 else [nbytes]), t
+        assert sum(written) <= nbytes and len([w for w in written if w]) <= 1, (t, written)
 
 
 def test_docstring_examples() -> None:

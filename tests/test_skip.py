@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from conftest import same_bits
 from fastclip.skip import ClipPlan, plan_of
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "adaptive_golden.json").read_text())
 META = GOLDEN["meta"]
@@ -98,6 +100,22 @@ def test_prepare_reads_only(ci: int) -> None:
         assert [p for p, _ in out] == [p for p, _ in pairs]
         assert c.last_stats is not stats
         assert c.last_stats.skipped == plan.skip
+
+
+@pytest.mark.parametrize("ci", range(9))
+def test_prepare_raises_every_buffer_error(ci: int) -> None:
+    """A plan that exists can be applied: read-only and shared buffers are refused by prepare, so a
+    later group's error can never leave an earlier group's writes half-done."""
+    c = all_clippers()[ci]
+    if ci == 8:
+        return  # SkipAbove without an inner clipper writes nothing: read-only grads are fine
+    ro = fresh(5)
+    ro[1].flags.writeable = False
+    with pytest.raises(ValueError, match=r"params_grads\[1\] is read-only"):
+        c.prepare(named(ro, "p"))
+    g = fresh(5)
+    with pytest.raises(ValueError, match="share memory"):
+        c.prepare(named([g[0], g[1], g[0]], "p"))
 
 
 @pytest.mark.parametrize("ci", range(9))
@@ -186,6 +204,10 @@ def test_plan_of_wraps_any_clipper() -> None:
     assert plan_of(None, [(None, h), (None, None)]).apply() == [(None, h)]
     with pytest.raises(TypeError, match="inner must be a ClipGradBase"):
         plan_of(object(), [])
+    ro = np.ones(2)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        plan_of(fc.ClipGradByNorm(1.0), [(None, ro)])
 
 
 # ------------------------------------------------------------------------------ SkipNonFinite
@@ -213,6 +235,27 @@ def test_skip_nonfinite_matches_optax_apply_if_finite() -> None:
             assert guard.total_skipped == s["total_notfinite"] - gave_up, t
         assert same_bits(g, before)
     assert gave_up >= 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(pattern=st.lists(st.booleans(), max_size=40), max_consecutive=st.none() | st.integers(0, 4))
+def test_skip_nonfinite_counters_property(pattern: list[bool], max_consecutive: int | None) -> None:
+    """Against the automaton: a finite step resets the run; a non-finite one skips and counts, or
+    raises (changing nothing) when it would be skip max_consecutive + 1 in a row."""
+    guard = fc.SkipNonFinite(inner=fc.ClipGradByNorm(1.0), max_consecutive=max_consecutive)
+    run = total = 0
+    for finite in pattern:
+        g = np.array([3.0, 4.0 if finite else math.nan])
+        if not finite and max_consecutive is not None and run + 1 > max_consecutive:
+            with pytest.raises(RuntimeError):
+                guard.clip_(g)
+            assert guard.consecutive == run and guard.total_skipped == total
+            continue
+        guard.clip_(g)
+        run = 0 if finite else run + 1
+        total += not finite
+        assert (guard.skipped, guard.consecutive, guard.total_skipped) == (not finite, run, total)
+        assert np.allclose(g, [0.6, 0.8]) if finite else (g[0] == 3.0 and math.isnan(g[1]))
 
 
 def test_skip_nonfinite_checks_need_clip_false_grads_too() -> None:

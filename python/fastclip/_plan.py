@@ -136,8 +136,9 @@ class ClipPlan:
 
 def plan_of(clip: Any, params_grads: Any) -> ClipPlan:
     """``clip.prepare(params_grads)`` for a clipper that has it; for any other
-    :class:`~fastclip.ClipGradBase` (``ClipGradByNorm``, ...) a plan whose ``apply`` calls
-    ``clip.clip(pairs)`` (its checks then run at ``apply``) and that never skips.
+    :class:`~fastclip.ClipGradBase` (``ClipGradByNorm``, ...) a plan that never skips and whose
+    ``apply`` calls ``clip.clip(pairs)``: read-only and shared buffers are refused here, its other
+    checks (dtypes) run at ``apply``.
     ``clip=None`` gives a plan that passes the pairs through. Raises ``TypeError`` for anything else."""
     if clip is not None and hasattr(clip, "prepare"):
         return clip.prepare(params_grads)
@@ -145,6 +146,8 @@ def plan_of(clip: Any, params_grads: Any) -> ClipPlan:
         raise TypeError(f"inner must be a ClipGradBase (a fastclip clipper) or None, not {type(clip).__name__}")
     pairs = pair_list(params_grads, "params_grads")
     out = [(p, g) for p, g in pairs if g is not None]
+    if clip is not None:
+        Batch(pairs, "params_grads").check_writable()  # buffer errors now, not half-way through a step
 
     def commit() -> Pairs | None:
         return None if clip is None else clip.clip(pairs)
