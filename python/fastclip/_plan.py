@@ -134,20 +134,23 @@ class ClipPlan:
         return f"ClipPlan(skip={self.skip}, grads={len(self.pairs)}, total_norm={self.total_norm!r})"
 
 
-def plan_of(clip: Any, params_grads: Any) -> ClipPlan:
+def plan_of(clip: Any, params_grads: Any, name: str = "params_grads") -> ClipPlan:
     """``clip.prepare(params_grads)`` for a clipper that has it; for any other
     :class:`~fastclip.ClipGradBase` (``ClipGradByNorm``, ...) a plan that never skips and whose
     ``apply`` calls ``clip.clip(pairs)``: read-only and shared buffers are refused here, its other
     checks (dtypes) run at ``apply``.
-    ``clip=None`` gives a plan that passes the pairs through. Raises ``TypeError`` for anything else."""
+    ``clip=None`` gives a plan that passes the pairs through. Raises ``TypeError`` for anything else.
+    ``name`` is what error messages call ``params_grads``."""
+    if isinstance(clip, PlannedClip):
+        return clip.prepare(params_grads, name=name)
     if clip is not None and hasattr(clip, "prepare"):
         return clip.prepare(params_grads)
     if clip is not None and not isinstance(clip, ClipGradBase):
         raise TypeError(f"inner must be a ClipGradBase (a fastclip clipper) or None, not {type(clip).__name__}")
-    pairs = pair_list(params_grads, "params_grads")
+    pairs = pair_list(params_grads, name)
     out = [(p, g) for p, g in pairs if g is not None]
     if clip is not None:
-        Batch(pairs, "params_grads").check_writable()  # buffer errors now, not half-way through a step
+        Batch(pairs, name).check_writable()  # buffer errors now, not half-way through a step
 
     def commit() -> Pairs | None:
         return None if clip is None else clip.clip(pairs)
@@ -389,8 +392,9 @@ class PlannedClip(ClipGradBase):
         super().__init__()
         self._epoch = 0
 
-    def prepare(self, params_grads: Any) -> ClipPlan:
-        """Read, decide and check; write nothing and change no state. See :class:`ClipPlan`."""
+    def prepare(self, params_grads: Any, *, name: str = "params_grads") -> ClipPlan:
+        """Read, decide and check; write nothing and change no state. See :class:`ClipPlan`.
+        ``name``: what error messages call ``params_grads`` (``clip_`` passes ``"grads"``)."""
         raise NotImplementedError
 
     def clip(self, params_grads: Any) -> Pairs:
@@ -403,7 +407,7 @@ class PlannedClip(ClipGradBase):
         ``grads``: one array, an iterable (a generator too) of arrays, DLPack tensors or objects with
         a ``.grad``, or an ``nn.Module`` (its ``parameters()``). What was done is in ``last_stats``.
         """
-        plan = self.prepare(as_pairs(grads, "grads"))
+        plan = self.prepare(as_pairs(grads, "grads"), name="grads")
         plan.apply()
         return 0.0 if plan.total_norm is None else plan.total_norm
 

@@ -64,7 +64,6 @@ from ._plan import (
 
 __all__ = ["AdaGC", "AdaptiveGradClip", "AdaptiveStats", "AutoClip", "ZClip"]
 
-_NAME = "params_grads"
 _F64 = np.dtype(np.float64)
 #: At most this many bytes of strided units are gathered (copied) by one norms call.
 _GATHER_BYTES = 1 << 20
@@ -287,28 +286,28 @@ class AdaptiveGradClip(PlannedClip):
             raise ValueError(f"axis {self._axis} names the same axis twice for {where} of shape {shape}")
         return tuple(sorted(red))
 
-    def prepare(self, params_grads: Any) -> ClipPlan:
+    def prepare(self, params_grads: Any, *, name: str = "params_grads") -> ClipPlan:
         """Measure every unit of every weight and grad, decide each unit's factor and check every
         buffer; nothing is written. See :class:`fastclip.skip.ClipPlan`."""
-        b = Batch(params_grads, _NAME)
+        b = Batch(params_grads, name)
         if b.arrays and not b.cpu:
             raise TypeError("AdaptiveGradClip works on CPU buffers (NumPy, torch CPU tensors); got CUDA buffers")
         weights: list[np.ndarray] = []
         kept: list[tuple[int, ...]] = []
         for k, (p, g) in enumerate(zip(b.params, b.arrays)):
             pos = b.positions[k]
-            w = _weight_of(p, _NAME, pos)
+            w = _weight_of(p, name, pos)
             if w.shape != g.shape:
-                raise ValueError(f"{_NAME}[{pos}]: the weight has shape {w.shape} but the grad has shape {g.shape}")
-            red = self.reduced_axes(g.shape, f"{_NAME}[{pos}]")
+                raise ValueError(f"{name}[{pos}]: the weight has shape {w.shape} but the grad has shape {g.shape}")
+            red = self.reduced_axes(g.shape, f"{name}[{pos}]")
             kept.append(tuple(a for a in range(g.ndim) if a not in red))
             weights.append(w)
         w_units = [_units(w, kp) for w, kp in zip(weights, kept)]
         g_units = [_units(g, kp) for g, kp in zip(b.arrays, kept)]
         rep = [[b.positions[k]] * len(u) for k, u in enumerate(g_units)]
         flat_pos = [p for r in rep for p in r]
-        wn = _unit_norms(b.ops, [u for us in w_units for u in us], f"weight of {_NAME}", flat_pos)
-        gn = _unit_norms(b.ops, [u for us in g_units for u in us], _NAME, flat_pos)
+        wn = _unit_norms(b.ops, [u for us in w_units for u in us], f"weight of {name}", flat_pos)
+        gn = _unit_norms(b.ops, [u for us in g_units for u in us], name, flat_pos)
         b.check_writable()
         wn_a = np.asarray(wn, np.float64)
         gn_a = np.asarray(gn, np.float64)
@@ -348,7 +347,7 @@ class AdaptiveGradClip(PlannedClip):
 
         def commit() -> None:
             if contiguous_units:
-                b.ops.scale_(contiguous_units, contiguous_factors, _NAME, contiguous_pos)
+                b.ops.scale_(contiguous_units, contiguous_factors, name, contiguous_pos)
             for g, f in strided:
                 np.multiply(g, f, out=g, casting="same_kind")
             self.last_stats = stats
@@ -515,10 +514,10 @@ class ZClip(PlannedClip):
         self._mean = a * self._mean + (1 - a) * v
         self._var = a * self._var + (1 - a) * (v - self._mean) ** 2
 
-    def prepare(self, params_grads: Any) -> ClipPlan:
+    def prepare(self, params_grads: Any, *, name: str = "params_grads") -> ClipPlan:
         """Measure the global norm, decide the bound and check every buffer; nothing is written
         and no statistic changes (they change at ``apply``)."""
-        b = Batch(params_grads, _NAME)
+        b = Batch(params_grads, name)
         norms, n = b.norms()
         b.check_writable()
         spike = False
@@ -545,7 +544,7 @@ class ZClip(PlannedClip):
 
         def commit() -> None:
             if factor != 1.0 and b.arrays:
-                b.ops.scale_(b.arrays, factor, _NAME, b.positions)
+                b.ops.scale_(b.arrays, factor, name, b.positions)
             if observe is not None:
                 self._observe(observe)
             self.last_stats = stats
@@ -778,10 +777,10 @@ class AutoClip(PlannedClip):
         w = self._windows.get(key)
         return [] if w is None else w.values()
 
-    def prepare(self, params_grads: Any) -> ClipPlan:
+    def prepare(self, params_grads: Any, *, name: str = "params_grads") -> ClipPlan:
         """Measure the norms, read the thresholds and check every buffer; nothing is written
         and no history changes (they change at ``apply``)."""
-        b = Batch(params_grads, _NAME)
+        b = Batch(params_grads, name)
         norms, total = b.norms()
         b.check_writable()
         if self._global:
@@ -803,7 +802,7 @@ class AutoClip(PlannedClip):
 
         def commit() -> None:
             if arrays:
-                b.ops.scale_(arrays, fs, _NAME, pos)
+                b.ops.scale_(arrays, fs, name, pos)
             for k, n in observed:
                 if k is None:
                     self._global_window.push(n)
@@ -929,10 +928,10 @@ class AdaGC(PlannedClip):
         """γ of the tensor ``key`` (its parameter name or position), None before its first step."""
         return self._gamma.get(key)
 
-    def prepare(self, params_grads: Any) -> ClipPlan:
+    def prepare(self, params_grads: Any, *, name: str = "params_grads") -> ClipPlan:
         """Measure the norms, decide each tensor's factor and check every buffer; nothing is
         written and no γ or step count changes (they change at ``apply``)."""
-        b = Batch(params_grads, _NAME)
+        b = Batch(params_grads, name)
         norms, total = b.norms()
         b.check_writable()
         keys = b.keys()
@@ -969,7 +968,7 @@ class AdaGC(PlannedClip):
 
         def commit() -> None:
             if arrays:
-                b.ops.scale_(arrays, fs, _NAME, pos)
+                b.ops.scale_(arrays, fs, name, pos)
             for key, warm, clipped in updates:
                 self._steps[key] = self._steps.get(key, 0) + 1
                 if clipped is None:

@@ -57,7 +57,6 @@ from .clip import ClipGradBase, ClipStats
 
 __all__ = ["ClipPlan", "SkipAbove", "SkipNonFinite", "plan_of"]
 
-_NAME = "params_grads"
 
 
 def _inner(value: Any) -> Any:
@@ -206,22 +205,22 @@ class SkipNonFinite(_Counters, PlannedClip):
         """Skips in a row after which a non-finite step raises (None: never)."""
         return self._max
 
-    def prepare(self, params_grads: Any) -> ClipPlan:
+    def prepare(self, params_grads: Any, *, name: str = "params_grads") -> ClipPlan:
         """Check every grad for NaN/inf (reusing the inner plan's norms), decide; write nothing.
         Raises ``RuntimeError`` when this would be skip number ``max_consecutive + 1`` in a row."""
-        pairs = pair_list(params_grads, _NAME)
-        inner_plan = plan_of(self._inner_clip, pairs)
-        b = Batch(pairs, _NAME)
+        pairs = pair_list(params_grads, name)
+        inner_plan = plan_of(self._inner_clip, pairs, name)
+        b = Batch(pairs, name)
         norms, total = _measure(b, inner_plan)
         bad = [p for p, n in zip(b.positions, norms) if not math.isfinite(n)]
         ops, extra, extra_pos = b.passthrough_arrays()
         if extra:
-            extra_norms = ops.norms(extra, 2.0, True, _NAME, extra_pos)[0]
+            extra_norms = ops.norms(extra, 2.0, True, name, extra_pos)[0]
             bad += [p for p, n in zip(extra_pos, extra_norms) if not math.isfinite(n)]
         nonfinite = bool(bad)
         if nonfinite and self._max is not None and self._consecutive + 1 > self._max:
             raise RuntimeError(
-                f"{_NAME}[{min(bad)}] is not finite (NaN or inf), and the last {self._consecutive} steps were "
+                f"{name}[{min(bad)}] is not finite (NaN or inf), and the last {self._consecutive} steps were "
                 f"skipped for the same reason: max_consecutive={self._max} reached. Nothing was modified "
                 "(optax's apply_if_finite would apply this update)"
             )
@@ -300,11 +299,11 @@ class SkipAbove(_Counters, PlannedClip):
         """The clipper applied on steps that are not skipped (None: none)."""
         return self._inner_clip
 
-    def prepare(self, params_grads: Any) -> ClipPlan:
+    def prepare(self, params_grads: Any, *, name: str = "params_grads") -> ClipPlan:
         """Measure the global norm (or reuse the inner plan's) and decide; write nothing."""
-        pairs = pair_list(params_grads, _NAME)
-        inner_plan = plan_of(self._inner_clip, pairs)
-        b = Batch(pairs, _NAME)
+        pairs = pair_list(params_grads, name)
+        inner_plan = plan_of(self._inner_clip, pairs, name)
+        b = Batch(pairs, name)
         norms, total = _measure(b, inner_plan)
         above = not total < self._threshold
         skip = above or inner_plan.skip
