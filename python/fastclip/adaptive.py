@@ -20,7 +20,8 @@ clipped **in place**), and also has:
 Costs: ZClip, AutoClip and AdaGC make one norm pass (every tensor's norm and the total, as
 ``ClipGradByGlobalNorm``) and one scaling pass over the grads they scale; AGC makes one norm pass
 over the weights and one over the grads (per unit), then scales the clipped units. No temporary of
-a tensor's size is made (strided units are gathered at most 1 MiB at a time).
+a tensor's size is made (the extension copies a strided unit to read it: AGC hands it strided units
+in batches of at most 1 MiB, or one unit when a unit is larger).
 
 Per-tensor state (AutoClip per tensor, AdaGC) is keyed by the parameter's ``name`` when it is a
 ``str`` (:class:`fastclip.Parameter`, Paddle parameters) and otherwise by the grad's position in
@@ -223,7 +224,8 @@ class AdaptiveGradClip(PlannedClip):
     range, CUDA buffers (AGC runs on CPU buffers), or any buffer error of the extension.
 
     Cost: one norm pass over the weights and one over the grads, one unit at a time (units are
-    views: contiguous ones are read in place, strided ones gathered at most 1 MiB at a time), then
+    views: contiguous ones are read in place, strided ones copied in batches of at most 1 MiB or
+    one unit), then
     one scaling pass over the clipped units (strided layouts: one in-place multiply of the tensor
     by its per-unit factors). The per-unit work in Python is O(number of units).
 

@@ -220,8 +220,9 @@ class SkipNonFinite(_Counters, PlannedClip):
         nonfinite = bool(bad)
         if nonfinite and self._max is not None and self._consecutive + 1 > self._max:
             raise RuntimeError(
-                f"{name}[{min(bad)}] is not finite (NaN or inf), and the last {self._consecutive} steps were "
-                f"skipped for the same reason: max_consecutive={self._max} reached. Nothing was modified "
+                f"{name}[{min(bad)}] is not finite (NaN or inf), and the previous {self._consecutive} "
+                f"step{'' if self._consecutive == 1 else 's'} were skipped for the same reason: "
+                f"max_consecutive={self._max} reached. Nothing was modified "
                 "(optax's apply_if_finite would apply this update)"
             )
         skip = nonfinite or inner_plan.skip
