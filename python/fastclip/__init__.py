@@ -7,14 +7,19 @@ rayon) that accumulates in float64 and gives bitwise identical results for any t
 
 from __future__ import annotations
 
-from . import _fastclip, initializer, nn, optimizer
+from . import _fastclip, adaptive, initializer, nn, optimizer, skip
+from .adaptive import AdaGC, AdaptiveGradClip, AutoClip, ZClip
 from .clip import ClipGradBase, ClipGradByGlobalNorm, ClipGradByNorm, ClipGradByValue, ClipStats
 from .functional import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
 from .param import ParamAttr, Parameter
+from .skip import SkipAbove, SkipNonFinite
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaGC",
+    "AdaptiveGradClip",
+    "AutoClip",
     "ClipGradBase",
     "ClipGradByGlobalNorm",
     "ClipGradByNorm",
@@ -22,7 +27,11 @@ __all__ = [
     "ClipStats",
     "ParamAttr",
     "Parameter",
+    "SkipAbove",
+    "SkipNonFinite",
+    "ZClip",
     "__version__",
+    "adaptive",
     "clip_grad_norm_",
     "clip_grad_value_",
     "clip_grads_with_norm_",
@@ -31,6 +40,7 @@ __all__ = [
     "isa",
     "nn",
     "optimizer",
+    "skip",
 ]
 
 
