@@ -468,11 +468,11 @@ def replicated_flags(replicated: Any, n: int, name: str = "grads") -> list[bool]
     """
     if replicated is None:
         return [False] * n
-    if isinstance(replicated, (str, bytes, np.ndarray)) and not (
-        isinstance(replicated, np.ndarray) and replicated.dtype == np.bool_ and replicated.ndim == 1
-    ):
-        raise TypeError(f"replicated must be a sequence of bools aligned with {name}, not {type(replicated).__name__}")
-    if not isinstance(replicated, (Sequence, np.ndarray)):
+    if isinstance(replicated, np.ndarray):
+        ok = replicated.dtype == np.bool_ and replicated.ndim == 1
+    else:
+        ok = isinstance(replicated, Sequence) and not isinstance(replicated, (str, bytes))
+    if not ok:
         raise TypeError(f"replicated must be a sequence of bools aligned with {name}, not {type(replicated).__name__}")
     flags = list(replicated)
     if len(flags) != n:
@@ -573,10 +573,6 @@ def local_buffers(items: list[Any], flags: list[bool], ch: _Channel | None, name
     return Local(c, [role_of[p] for p in positions])
 
 
-def _resolve(group: Any) -> _Channel:
-    return _channel(group)
-
-
 # --- the three calls ------------------------------------------------------------------------------
 
 
@@ -585,8 +581,8 @@ def get_total_norm(
 ) -> float:
     """:func:`fastclip.get_total_norm` over ``group``: the p-norm of every rank's grads together,
     replicated ones counted once; the same float on every rank (see the module doc)."""
-    ch = _resolve(group)
-    call = _Call(OP_TOTAL_NORM, flags=FLAG_ERROR_IF_NONFINITE if error_if_nonfinite is True else 0.0)
+    ch = _channel(group)
+    call = _Call(OP_TOTAL_NORM, flags=FLAG_ERROR_IF_NONFINITE if error_if_nonfinite else 0.0)
     counted = rep = 0.0
     n_rep = 0
     error: BaseException | None = None
@@ -621,8 +617,8 @@ def clip_grad_norm_(
     before the collective: on any error no rank modifies anything."""
     from .functional import _coefficient, _refuse_nonfinite
 
-    ch = _resolve(group)
-    call = _Call(OP_CLIP_GRAD_NORM, flags=FLAG_ERROR_IF_NONFINITE if error_if_nonfinite is True else 0.0)
+    ch = _channel(group)
+    call = _Call(OP_CLIP_GRAD_NORM, flags=FLAG_ERROR_IF_NONFINITE if error_if_nonfinite else 0.0)
     counted = rep = 0.0
     n_rep = 0
     error: BaseException | None = None
@@ -653,7 +649,7 @@ def clip_by_global_norm(clip: Any, params_grads: Any) -> list[tuple[Any, Any]]:
     holds this rank's per-grad norms and the global norm."""
     from .clip import _NAME, ClipStats, _applied
 
-    ch = _resolve(clip.group)
+    ch = _channel(clip.group)
     call = _Call(
         OP_CLIP_GLOBAL, 2.0, clip.clip_norm, FLAG_AUTO_SKIP if clip.auto_skip_clip else 0.0
     )
