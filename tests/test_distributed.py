@@ -557,3 +557,78 @@ def test_demo_distributed_matches_single_process():
     for r, rows in enumerate((6, 5, 5)):
         assert f"rank {r}: {rows:2d} batch rows, elements" in out
     assert "first non-finite           3" in out  # the unclipped run explodes at step 3, as single-process
+
+
+# --- the CUDA path's host logic (no GPU needed) -----------------------------------------------------
+
+
+class _FakeCudaTensor:
+    """A DLPack producer that says it lives on CUDA device 0 (kDLCUDA); its memory is a NumPy array."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = arr
+
+    def __dlpack__(self, **kwargs: Any) -> Any:  # pragma: no cover - never exported
+        raise AssertionError("the fake CUDA tensor is not exported")
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, 0)
+
+
+def test_cuda_buffers_take_the_same_group_path(monkeypatch):
+    """CUDA grads with a group go through fastclip._cuda's norms/scale_ (here NumPy stand-ins that
+    follow their contract): the local norm and the in-place pre-check run before the collective, the
+    scaling after it, with the caller's positions, on every rank."""
+    from fastclip import _cuda, _fastclip
+
+    log: list[tuple[int, str, Any]] = []
+    lock = threading.Lock()
+
+    def as_buffers(objs, name="grads", positions=None):
+        return [o.arr for o in objs]
+
+    def norms(arrays, p=2.0, per_tensor=True, name="grads", positions=None):
+        with lock:
+            log.append((threading.get_ident(), "norms", list(positions) if positions is not None else None))
+        return _fastclip.norms(arrays, p, per_tensor, name, positions)
+
+    def scale_(arrays, factors, name="grads", positions=None):
+        with lock:
+            log.append((threading.get_ident(), "scale_", factors))
+        _fastclip.scale_(arrays, factors, name, positions)
+
+    monkeypatch.setattr(_cuda, "as_buffers", as_buffers)
+    monkeypatch.setattr(_cuda, "norms", norms)
+    monkeypatch.setattr(_cuda, "scale_", scale_)
+    rng = np.random.default_rng(9)
+    full = [rng.standard_normal(n).astype(np.float32) for n in (300, 7, 50)]
+    want = ref_norm(full, 2.0)
+
+    class Logged(ThreadComm):
+        def allgather_f64(self, values):
+            with lock:
+                log.append((threading.get_ident(), "allgather", None))
+            return super().allgather_f64(values)
+
+    def rank_fn(comm):
+        comm = Logged(comm.group, comm.rank)
+        mine = [full[0].copy(), full[1].copy()] if comm.rank == 0 else [full[2].copy()]
+        items = [_FakeCudaTensor(a) for a in mine]
+        items.insert(1, fc.Parameter(np.zeros(1)))  # a None grad: positions shift
+        total = fc.clip_grad_norm_(items, want / 2, group=comm)
+        return total, mine
+
+    results = run_ranks(2, rank_fn)
+    for res in results:
+        assert not isinstance(res, BaseException), res
+    (t0, m0), (t1, m1) = results
+    assert t0 == t1 and abs(t0 - want) <= 2e-15 * want
+    coef = (want / 2) / (t0 + 1e-6)
+    for got, a in zip(m0 + m1, full):
+        assert np.array_equal(got, a * np.float32(coef))
+    by_thread: dict[int, list[str]] = {}
+    for tid, what, arg in log:
+        step = what if what != "scale_" else ("scale_(check)" if arg == 1.0 else "scale_(coef)")
+        by_thread.setdefault(tid, []).append(step)
+    assert sorted(by_thread.values()) == [["norms", "scale_(check)", "allgather", "scale_(coef)"]] * 2
+    assert [arg for _, what, arg in log if what == "norms"] in ([[0, 2], [0]], [[0], [0, 2]])
