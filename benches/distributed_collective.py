@@ -37,11 +37,10 @@ def _median_ms(fn: Callable[[], object], comm: object, repeat: int) -> float:
 
 
 def worker(repeat: int, scale: float) -> int:
-    from mpi4py import MPI
-
     import fastclip as fc
     from fastclip import bench
     from fastclip.distributed import FIELDS, as_communicator
+    from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
