@@ -632,3 +632,14 @@ def test_cuda_buffers_take_the_same_group_path(monkeypatch):
         by_thread.setdefault(tid, []).append(step)
     assert sorted(by_thread.values()) == [["norms", "scale_(check)", "allgather", "scale_(coef)"]] * 2
     assert [arg for _, what, arg in log if what == "norms"] in ([[0, 2], [0]], [[0], [0, 2]])
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from fastclip import demo_distributed
+
+    for module in (distributed, demo_distributed):
+        result = doctest.testmod(module)
+        assert result.failed == 0, module.__name__
+    assert doctest.testmod(distributed).attempted >= 4
