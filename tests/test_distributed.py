@@ -643,3 +643,53 @@ def test_docstring_examples_run():
         result = doctest.testmod(module)
         assert result.failed == 0, module.__name__
     assert doctest.testmod(distributed).attempted >= 4
+
+
+def test_bench_distributed_smoke():
+    """The benchmark runs on 2 ranks and prints a row per rank (no timings are checked)."""
+    if _mpiexec() is None:
+        pytest.skip("mpi4py/mpiexec not installed (pip install mpich mpi4py)")
+    cmd = [sys.executable, str(ROOT / "benches" / "distributed_collective.py"), "--ranks", "2", "--repeat", "2"]
+    proc = subprocess.run([*cmd, "--scale", "0.001"], capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["0", "1"], proc.stdout
+    from fastclip import bench_distributed
+
+    assert bench_distributed.launch(0) == 2
+
+
+def _cuda_ranks_available() -> bool:
+    if importlib.util.find_spec("cupy") is None or not _torch_available():
+        return False
+    code = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
+    return subprocess.run([sys.executable, "-c", code], timeout=300, env=_env()).returncode == 0
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend,world_size", [("nccl", 1), ("gloo", 2)])
+def test_torch_cuda_group(backend, world_size, tmp_path):
+    """CUDA grads with a group on GPU 0: NCCL (the collective on the GPU, one rank: NCCL refuses two
+    ranks on one device) and gloo (two ranks sharing the GPU)."""
+    if not _cuda_ranks_available():
+        pytest.skip("needs torch with CUDA, CuPy and a GPU")
+    script = HERE / "mpi" / "run_torch_cuda.py"
+    init = f"file://{tmp_path / 'init'}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r), str(world_size), init, backend],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+        )
+        for r in range(world_size)
+    ]
+    outs = []
+    try:
+        outs = [p.communicate(timeout=400)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    text = "\n".join(outs)
+    assert all(p.returncode == 0 for p in procs), text[-8000:]
+    for r in range(world_size):
+        assert f"rank {r}: 0 failures" in text, text[-8000:]
