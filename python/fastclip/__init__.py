@@ -7,7 +7,7 @@ rayon) that accumulates in float64 and gives bitwise identical results for any t
 
 from __future__ import annotations
 
-from . import _fastclip, adaptive, initializer, nn, optimizer, skip
+from . import _fastclip, adaptive, distributed, initializer, nn, optimizer, skip
 from .adaptive import AdaGC, AdaptiveGradClip, AutoClip, ZClip
 from .clip import ClipGradBase, ClipGradByGlobalNorm, ClipGradByNorm, ClipGradByValue, ClipStats
 from .functional import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
@@ -35,6 +35,7 @@ __all__ = [
     "clip_grad_norm_",
     "clip_grad_value_",
     "clip_grads_with_norm_",
+    "distributed",
     "get_total_norm",
     "initializer",
     "isa",

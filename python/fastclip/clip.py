@@ -318,7 +318,10 @@ class ClipGradByGlobalNorm(ClipGradBase):
     clipped grad NaN; an infinite one zeroes the finite elements and turns the infinite ones to NaN.
 
     ``auto_skip_clip=True`` (Paddle's): scale only when ``global_norm > clip_norm``; at or below the
-    bound, or when the global norm is NaN, nothing is touched. ``group_name`` is stored only
+    bound, or when the global norm is NaN, nothing is touched. ``group`` (an ``mpi4py.MPI.Comm``, a
+    ``torch.distributed.ProcessGroup`` or a :class:`fastclip.distributed.Communicator`): each rank
+    passes its own shard of the grads and the global norm spans all ranks (params with
+    ``replicated=True`` counted once); every rank makes the same decision. ``group_name`` is stored only
     (Paddle's dygraph mode ignores it too; optimizers take one global norm per parameter group).
 
     Raises, at construction, ``TypeError`` for a non-number ``clip_norm``, a non-str
@@ -333,7 +336,9 @@ class ClipGradByGlobalNorm(ClipGradBase):
     (array([0.6]), array([0.8]))
     """
 
-    def __init__(self, clip_norm: float, group_name: str = "default_group", auto_skip_clip: bool = False) -> None:
+    def __init__(
+        self, clip_norm: float, group_name: str = "default_group", auto_skip_clip: bool = False, *, group: Any = None
+    ) -> None:
         super().__init__()
         self._clip_norm = _threshold(clip_norm, "clip_norm", allow_zero=False, allow_inf=False)
         if not isinstance(group_name, str):
@@ -342,6 +347,16 @@ class ClipGradByGlobalNorm(ClipGradBase):
             raise TypeError(f"auto_skip_clip must be a bool, not {type(auto_skip_clip).__name__}")
         self._group_name = group_name
         self._auto_skip_clip = auto_skip_clip
+        if group is not None:
+            from .distributed import as_communicator
+
+            as_communicator(group)  # TypeError/ValueError now rather than at the first step
+        self._group = group
+
+    @property
+    def group(self) -> Any:
+        """The process group the global norm spans (``None``: this process only; see :mod:`fastclip.distributed`)."""
+        return self._group
 
     @property
     def clip_norm(self) -> float:
@@ -368,6 +383,10 @@ class ClipGradByGlobalNorm(ClipGradBase):
 
     def clip(self, params_grads: Any) -> Pairs:
         """Scale the clipped grads by one global factor in place; return the ``(param, grad)`` pairs."""
+        if self._group is not None:
+            from .distributed import clip_by_global_norm
+
+            return clip_by_global_norm(self, params_grads)
         s = _split(params_grads)
         norms: list[float] = []
         total = 0.0
@@ -392,5 +411,5 @@ class ClipGradByGlobalNorm(ClipGradBase):
     def __repr__(self) -> str:
         return (
             f"ClipGradByGlobalNorm(clip_norm={self._clip_norm!r}, group_name={self._group_name!r}, "
-            f"auto_skip_clip={self._auto_skip_clip!r})"
+            f"auto_skip_clip={self._auto_skip_clip!r}{'' if self._group is None else f', group={self._group!r}'})"
         )

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from . import _fastclip
+from . import distributed as _distributed
 from ._buffers import CPU, Collected, collect
 from ._checks import norm_type as _norm_type
 from ._checks import number as _number
@@ -23,13 +24,26 @@ __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_
 EPS = 1e-6
 
 
-def get_total_norm(grads: Any, norm_type: float | str = 2.0, error_if_nonfinite: bool = False) -> float:
+def get_total_norm(
+    grads: Any,
+    norm_type: float | str = 2.0,
+    error_if_nonfinite: bool = False,
+    *,
+    group: Any = None,
+    replicated: Any = None,
+) -> float:
     """The p-norm of all gradients taken together, as one flat vector.
 
     ``total = (sum_i sum_j |g_ij|^p)^(1/p)``; for ``p = inf``, ``max_ij |g_ij|``. Accumulated in
     float64 for every dtype (float64 input is scaled so no finite input overflows or underflows);
     bitwise the same for any thread count. NaN anywhere gives NaN; an infinite element gives inf.
     No gradients give 0.0.
+
+    ``group`` (an ``mpi4py.MPI.Comm``, a ``torch.distributed.ProcessGroup`` or a
+    :class:`fastclip.distributed.Communicator`): each rank passes its own shard and every rank gets
+    the same total of all shards, in one collective of a few float64 values; ``replicated`` (a
+    sequence of bools aligned with ``grads``) marks grads every rank holds identically, counted
+    once (see :mod:`fastclip.distributed`). Without a group, ``replicated`` is only checked.
 
     Raises ``ValueError`` for ``norm_type`` <= 0 or NaN, ``TypeError`` for a non-number or an
     unsupported array, and ``RuntimeError`` if ``error_if_nonfinite`` and the total is NaN/inf.
@@ -38,6 +52,10 @@ def get_total_norm(grads: Any, norm_type: float | str = 2.0, error_if_nonfinite:
     >>> fc.get_total_norm([np.array([3.0, 0.0]), np.array([4.0])])
     5.0
     """
+    if group is not None:
+        return _distributed.get_total_norm(grads, norm_type, error_if_nonfinite, group=group, replicated=replicated)
+    if replicated is not None:
+        grads = _distributed.single_process_items(grads, replicated)
     return _total_norm(collect(grads), _norm_type(norm_type), error_if_nonfinite)
 
 
@@ -90,7 +108,13 @@ def clip_grads_with_norm_(grads: Any, max_norm: float, total_norm: float) -> Non
 
 
 def clip_grad_norm_(
-    grads: Any, max_norm: float, norm_type: float | str = 2.0, error_if_nonfinite: bool = False
+    grads: Any,
+    max_norm: float,
+    norm_type: float | str = 2.0,
+    error_if_nonfinite: bool = False,
+    *,
+    group: Any = None,
+    replicated: Any = None,
 ) -> float:
     """Clip gradients in place so that their total p-norm is at most ``max_norm``; return the
     total norm **before** clipping.
@@ -103,6 +127,10 @@ def clip_grad_norm_(
     read-only or overlapping buffer, and ``RuntimeError`` when ``error_if_nonfinite`` and the total
     is NaN or inf. In every error case no gradient is modified.
 
+    ``group``/``replicated``: as in :func:`get_total_norm`; every rank scales its own grads by the
+    factor of the global total, and an error on any rank is raised on every rank before any
+    gradient is modified.
+
     >>> import numpy as np, fastclip as fc
     >>> g = np.array([3.0, 4.0])
     >>> fc.clip_grad_norm_([g], 1.0)
@@ -110,6 +138,12 @@ def clip_grad_norm_(
     >>> g.round(6)
     array([0.6, 0.8])
     """
+    if group is not None:
+        return _distributed.clip_grad_norm_(
+            grads, max_norm, norm_type, error_if_nonfinite, group=group, replicated=replicated
+        )
+    if replicated is not None:
+        grads = _distributed.single_process_items(grads, replicated)
     m = _threshold(max_norm, "max_norm")
     p = _norm_type(norm_type)
 

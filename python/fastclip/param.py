@@ -65,6 +65,9 @@ class Parameter:
     - ``trainable``: ``False`` makes optimizers skip it (Paddle's ``stop_gradient=True``).
     - ``learning_rate``: a per-parameter multiplier of the optimizer's learning rate (Paddle's
       ``ParamAttr(learning_rate=...)``).
+    - ``replicated``: ``True`` says every rank of a distributed clip (``group=``) holds this
+      gradient identically (a replicated weight, a tied embedding, a tensor-parallel duplicate), so
+      the global norm counts it once (see :mod:`fastclip.distributed`); no effect without a group.
 
     Raises ``TypeError`` for a non-float value or grad, a non-bool flag or a non-str name, and
     ``ValueError`` for a read-only value, a grad of the wrong shape or a negative/NaN/inf
@@ -77,7 +80,7 @@ class Parameter:
     Parameter(name='w', shape=(2, 3), dtype=float32, need_clip=False, trainable=True)
     """
 
-    __slots__ = ("_grad", "_need_clip", "_trainable", "_value", "learning_rate", "name")
+    __slots__ = ("_grad", "_need_clip", "_replicated", "_trainable", "_value", "learning_rate", "name")
 
     def __init__(
         self,
@@ -86,6 +89,7 @@ class Parameter:
         need_clip: bool = True,
         trainable: bool = True,
         learning_rate: float = 1.0,
+        replicated: bool = False,
     ) -> None:
         arr = value if isinstance(value, np.ndarray) else np.array(value)
         if not _is_float_dtype(arr.dtype):
@@ -99,6 +103,7 @@ class Parameter:
         self._need_clip = _flag(need_clip, "need_clip")
         self._trainable = _flag(trainable, "trainable")
         self.learning_rate: float = _learning_rate(learning_rate)
+        self._replicated = _flag(replicated, "replicated")
 
     @property
     def value(self) -> np.ndarray:
@@ -131,6 +136,15 @@ class Parameter:
     @need_clip.setter
     def need_clip(self, flag: Any) -> None:
         self._need_clip = _flag(flag, "need_clip")
+
+    @property
+    def replicated(self) -> bool:
+        """Whether every rank holds this gradient identically, counted once in a distributed norm (settable, bool)."""
+        return self._replicated
+
+    @replicated.setter
+    def replicated(self, flag: Any) -> None:
+        self._replicated = _flag(flag, "replicated")
 
     @property
     def trainable(self) -> bool:
@@ -166,21 +180,22 @@ class Parameter:
         return self._value
 
     def __repr__(self) -> str:
+        rep = ", replicated=True" if self._replicated else ""
         return (
             f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self.dtype}, "
-            f"need_clip={self._need_clip}, trainable={self._trainable})"
+            f"need_clip={self._need_clip}, trainable={self._trainable}{rep})"
         )
 
 
 class ParamAttr:
     """How a layer should create a parameter (Paddle's ``paddle.ParamAttr``).
 
-    ``ParamAttr(name=None, initializer=None, learning_rate=1.0, trainable=True, need_clip=True)``
+    ``ParamAttr(name=None, initializer=None, learning_rate=1.0, trainable=True, need_clip=True, replicated=False)``
 
     - ``initializer``: ``None`` (the layer's default) or a callable ``initializer(shape, dtype)``
       returning an array of that shape.
     - ``learning_rate``: multiplier of the optimizer's learning rate for this parameter, >= 0.
-    - ``need_clip`` / ``trainable``: copied onto the :class:`Parameter` (see there).
+    - ``need_clip`` / ``trainable`` / ``replicated``: copied onto the :class:`Parameter` (see there).
 
     Raises ``TypeError`` for a non-str name, a non-callable initializer, non-bool flags or a
     non-number learning rate, and ``ValueError`` for a negative, NaN or infinite learning rate.
@@ -190,7 +205,7 @@ class ParamAttr:
     ParamAttr(name='linear1.w', initializer=None, learning_rate=1.0, trainable=True, need_clip=False)
     """
 
-    __slots__ = ("initializer", "learning_rate", "name", "need_clip", "trainable")
+    __slots__ = ("initializer", "learning_rate", "name", "need_clip", "replicated", "trainable")
 
     def __init__(
         self,
@@ -199,6 +214,7 @@ class ParamAttr:
         learning_rate: float = 1.0,
         trainable: bool = True,
         need_clip: bool = True,
+        replicated: bool = False,
     ) -> None:
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable(shape, dtype) or None, not {type(initializer).__name__}")
@@ -207,6 +223,7 @@ class ParamAttr:
         self.learning_rate: float = _learning_rate(learning_rate)
         self.trainable: bool = _flag(trainable, "trainable")
         self.need_clip: bool = _flag(need_clip, "need_clip")
+        self.replicated: bool = _flag(replicated, "replicated")
 
     def create(
         self, shape: tuple[int, ...], dtype: Any = np.float32, default_initializer: Initializer | None = None
@@ -227,11 +244,16 @@ class ParamAttr:
         if value.shape != shape:
             raise ValueError(f"initializer returned shape {value.shape}, expected {shape}")
         return Parameter(
-            value, name=self.name, need_clip=self.need_clip, trainable=self.trainable, learning_rate=self.learning_rate
+            value,
+            name=self.name,
+            need_clip=self.need_clip,
+            trainable=self.trainable,
+            learning_rate=self.learning_rate,
+            replicated=self.replicated,
         )
 
     def __repr__(self) -> str:
         return (
             f"ParamAttr(name={self.name!r}, initializer={self.initializer!r}, learning_rate={self.learning_rate}, "
-            f"trainable={self.trainable}, need_clip={self.need_clip})"
+            f"trainable={self.trainable}, need_clip={self.need_clip}{', replicated=True' if self.replicated else ''})"
         )
