@@ -10,13 +10,12 @@ from __future__ import annotations
 import decimal
 import math
 
+import fastclip as fc
 import numpy as np
 import pytest
+from fastclip import _fastclip
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import fastclip as fc
-from fastclip import _fastclip
 
 CHUNK = _fastclip.CHUNK
 MAX = decimal.Decimal(np.finfo(np.float64).max)
