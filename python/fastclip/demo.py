@@ -277,6 +277,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=STEPS, help=f"training steps (default {STEPS})")
     parser.add_argument("--json", metavar="PATH", help="write every loss as JSON (null where not finite)")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of the loss curves (needs matplotlib)")
+    parser.add_argument(
+        "--ranks", type=int, default=None, help="train data parallel on N MPI ranks (needs mpi4py and mpich)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -284,6 +287,13 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         print(f"fastclip demo: --steps must be >= 1, got {args.steps}", file=sys.stderr)
         return 2
+    if getattr(args, "ranks", None) is not None:
+        if args.ranks < 1:
+            print(f"fastclip demo: --ranks must be >= 1, got {args.ranks}", file=sys.stderr)
+            return 2
+        from . import demo_distributed
+
+        return demo_distributed.launch(args.ranks, args.seed, args.steps)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
