@@ -9,6 +9,7 @@ name to show (``"max_norm"``, ``"parameters[1]['beta1']"``) and returns the valu
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
@@ -216,29 +217,67 @@ def byte_bounds(a: np.ndarray) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
-def first_overlap(items: Iterable[tuple[np.ndarray, bool, Any]]) -> tuple[Any, Any] | None:
+#: What :func:`first_overlap` remembers of one array: a weak reference to it, its bounds, and the
+#: shape and strides they were computed for.
+BoundsCache = dict[int, tuple["weakref.ref[np.ndarray]", int, int, tuple[int, ...], tuple[int, ...]]]
+
+
+def first_overlap(
+    items: Iterable[tuple[np.ndarray, bool, Any]], cache: BoundsCache | None = None
+) -> tuple[Any, Any] | None:
     """Two tags of arrays that share a byte where at least one of them is written, or ``None``.
 
     ``items`` are ``(array, written, tag)``; empty arrays never conflict, and read-only arrays may
     overlap each other. One sort by start address: O(n log n). Byte extents are compared (a
     strided view counts its whole extent, as the extension's own check does), so two interleaved
     views of one base conflict even when they share no element.
+
+    ``cache`` (optional, kept by the caller between calls) remembers the bounds of the arrays of
+    the last call, so that a training loop's persistent arrays are not measured again every step
+    (``byte_bounds`` costs microseconds per array). An entry is used only for the same array
+    object (a weak reference: the cache keeps nothing alive, and a dead array's reused id does
+    not match) with the same shape and strides (its data pointer cannot change otherwise). Only
+    the arrays of this call are kept.
     """
-    ranges = []
-    for k, (a, written, tag) in enumerate(items):
-        if a.size:
+    los: list[int] = []
+    his: list[int] = []
+    written: list[bool] = []
+    tags: list[Any] = []
+    seen: BoundsCache = {}
+    for a, w, tag in items:
+        if not a.size:
+            continue
+        hit = cache.get(id(a)) if cache is not None else None
+        if hit is None or hit[0]() is not a or hit[3] != a.shape or hit[4] != a.strides:
             lo, hi = byte_bounds(a)
-            ranges.append((lo, hi, k, written, tag))
-    ranges.sort(key=lambda r: (r[0], r[2]))
-    end_any, tag_any = -1, None  # the furthest-reaching range so far
-    end_written, tag_written = -1, None  # the furthest-reaching written range so far
-    for lo, hi, _, written, tag in ranges:
-        if written and end_any > lo:
-            return tag_any, tag
-        if end_written > lo:
-            return tag_written, tag
-        if hi > end_any:
-            end_any, tag_any = hi, tag
-        if written and hi > end_written:
-            end_written, tag_written = hi, tag
-    return None
+            hit = (weakref.ref(a), lo, hi, a.shape, a.strides)
+        seen[id(a)] = hit
+        los.append(hit[1])
+        his.append(hit[2])
+        written.append(w)
+        tags.append(tag)
+    if cache is not None:
+        cache.clear()
+        cache.update(seen)
+    if len(los) < 2:
+        return None
+    # The sweep, vectorized: sorted by start (stable: ties keep their order), an array conflicts
+    # with an earlier one when the furthest end reached before it (by any array if it is written,
+    # by a written array otherwise) lies past its start.
+    lo_a = np.array(los, np.uint64)
+    order = np.argsort(lo_a, kind="stable")
+    lo_s = lo_a[order]
+    hi_s = np.array(his, np.uint64)[order]
+    w_s = np.array(written, bool)[order]
+    zero = np.zeros(1, np.uint64)
+    reach = np.concatenate((zero, np.maximum.accumulate(hi_s)[:-1]))
+    reach_w = np.concatenate((zero, np.maximum.accumulate(np.where(w_s, hi_s, zero))[:-1]))
+    bad = (reach_w > lo_s) | (w_s & (reach > lo_s))
+    if not bad.any():
+        return None
+    first = int(np.argmax(bad))
+    k = int(order[first])
+    for j in order[:first].tolist():  # the error path only: find the partner
+        if his[j] > los[k] and (written[k] or written[j]):
+            return tags[j], tags[k]
+    raise AssertionError("unreachable: the sweep found an overlap")  # pragma: no cover

@@ -59,6 +59,7 @@ Deliberate differences from Paddle, each tested:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -104,31 +105,38 @@ def _param_list(value: Any, name: str) -> list[Any]:
     return list(value)
 
 
-def _value_of(p: Any, label: str) -> np.ndarray:
-    """The parameter's array, checked as the update needs it."""
+def _value_of(p: Any, where: str) -> np.ndarray:
+    """The parameter's array, checked as the update needs it (labels are formed only on error:
+    this runs for every parameter at every step)."""
     v = getattr(p, "value", None)
     if not isinstance(v, np.ndarray):
+        label = _label(p, where)
         raise TypeError(f"{label} must be a fastclip.Parameter (with .value and .grad), not {type(p).__name__}")
     if v.dtype not in _FLOATS:
+        label = _label(p, where)
         raise TypeError(f"{label} has dtype {v.dtype}; the optimizers update float32 and float64 parameters")
-    if not v.flags.writeable:
-        raise ValueError(f"the value of {label} is read-only; the optimizer updates it in place")
-    if v.size and not v.flags.aligned:
-        raise ValueError(f"the value of {label} is not aligned for {v.dtype}")
+    flags = v.flags
+    if not flags.writeable:
+        raise ValueError(f"the value of {_label(p, where)} is read-only; the optimizer updates it in place")
+    if not flags.aligned and v.size:
+        raise ValueError(f"the value of {_label(p, where)} is not aligned for {v.dtype}")
     return v
 
 
-def _check_grad(g: Any, v: np.ndarray, label: str, clipped_by: Any) -> None:
+def _check_grad(g: Any, v: np.ndarray, p: Any, where: str, clipped_by: Any) -> None:
     if not isinstance(g, np.ndarray):
-        raise TypeError(f"the grad of {label} must be a numpy.ndarray, not {type(g).__name__}")
+        raise TypeError(f"the grad of {_label(p, where)} must be a numpy.ndarray, not {type(g).__name__}")
     if g.dtype != v.dtype:
-        raise TypeError(f"the grad of {label} has dtype {g.dtype}, the parameter {v.dtype}; they must match")
+        raise TypeError(f"the grad of {_label(p, where)} has dtype {g.dtype}, the parameter {v.dtype}; they must match")
     if g.shape != v.shape:
-        raise ValueError(f"the grad of {label} has shape {g.shape}, the parameter {v.shape}")
-    if clipped_by is not None and not g.flags.writeable:
-        raise ValueError(f"the grad of {label} is read-only; {type(clipped_by).__name__} clips it in place")
-    if g.size and not g.flags.aligned:
-        raise ValueError(f"the grad of {label} is not aligned for {g.dtype}; pass a copy")
+        raise ValueError(f"the grad of {_label(p, where)} has shape {g.shape}, the parameter {v.shape}")
+    flags = g.flags
+    if clipped_by is not None and not flags.writeable:
+        raise ValueError(
+            f"the grad of {_label(p, where)} is read-only; {type(clipped_by).__name__} clips it in place"
+        )
+    if not flags.aligned and g.size:
+        raise ValueError(f"the grad of {_label(p, where)} is not aligned for {g.dtype}; pass a copy")
 
 
 class _Group:
@@ -161,21 +169,25 @@ class _Group:
 class _Entry:
     """One parameter a step updates: everything the update needs, checked."""
 
-    __slots__ = ("clipped", "grad", "label", "lr", "new", "param", "state", "value")
+    __slots__ = ("clipped", "grad", "lr", "new", "param", "state", "value", "where")
 
     def __init__(
-        self, param: Any, value: np.ndarray, grad: np.ndarray, label: str, lr: float, state: dict[str, Any], new: bool
+        self, param: Any, value: np.ndarray, grad: np.ndarray, where: str, lr: float, state: dict[str, Any], new: bool
     ) -> None:
         self.param = param
         self.value = value
         self.grad = grad
-        self.label = label
+        self.where = where
         self.lr = lr
         self.state = state
         #: The state was made for this step (it is stored only when the step applies).
         self.new = new
         #: The grad is clipped in place by one of fastclip's clips (so it is written).
         self.clipped = False
+
+    @property
+    def label(self) -> str:
+        return _label(self.param, self.where)
 
 
 class _Plan:
@@ -221,6 +233,8 @@ class Optimizer:
         self._state: dict[int, tuple[Any, dict[str, Any]]] = {}
         #: (id(group), dtype) pairs whose settings were checked as applied in that dtype.
         self._applied_ok: set[tuple[int, np.dtype]] = set()
+        #: The byte bounds of the last step's arrays (see :func:`fastclip._checks.first_overlap`).
+        self._bounds: _checks.BoundsCache = {}
         items = _param_list(parameters, "parameters")
         self._groups: list[_Group] = []
         seen: dict[int, str] = {}
@@ -235,14 +249,14 @@ class Optimizer:
                     raise TypeError(f"{where} is a dict: either every item is a parameter-group dict or none is")
                 self._claim(p, where, seen)
                 wheres.append(where)
-            names = {k: k for k in checked}
+            names = {k: k for k in ("weight_decay", *checked)}
             self._groups.append(
                 _Group(items, wheres, None, self._weight_decay, self._grad_clip, dict(checked), names)
             )
         self._check_own_buffers()
         for group in self._groups:
             for p, where in zip(group.params, group.wheres):
-                self._check_applied(group, p.value.dtype, _label(p, where))
+                self._check_applied(group, p.value.dtype, p, where)
         self._check_lrs(self._learning_rate, "learning_rate")
 
     # -- construction helpers ---------------------------------------------------------------
@@ -307,13 +321,13 @@ class Optimizer:
 
     # -- settings as the kernel applies them --------------------------------------------------
 
-    def _check_applied(self, group: _Group, dtype: np.dtype, who: str) -> None:
+    def _check_applied(self, group: _Group, dtype: np.dtype, p: Any, where: str) -> None:
         """Check the group's settings (not the learning rate) as the update applies them in
-        ``dtype``, the dtype of ``who``. Once per group and dtype."""
+        ``dtype``, the dtype of parameter ``p``. Once per group and dtype."""
         key = (id(group), dtype)
         if key in self._applied_ok:
             return
-        self._applied_settings(group, dtype, who)
+        self._applied_settings(group, dtype, _label(p, where))
         self._applied_ok.add(key)
 
     def _applied_settings(self, group: _Group, dtype: np.dtype, who: str) -> None:
@@ -323,34 +337,38 @@ class Optimizer:
         """What goes wrong when the update applies learning rate ``lr`` in ``dtype``, or None."""
         a = applied(lr, dtype)
         if not np.isfinite(a):
-            return f"is {float(a)} in {dtype}"
+            return f"is {float(a)} in {dtype}, the parameter's dtype"
         return None
 
-    def _param_lr(self, group: _Group, p: Any, lr: float, label: str) -> tuple[float, str]:
-        """``(rate, how it was formed)`` for one parameter: ``lr`` times the group's or the
-        parameter's multiplier (the parameter's ``learning_rate`` attribute is checked here: a user
-        may have set anything)."""
+    def _param_lr(self, group: _Group, p: Any, lr: float, where: str) -> tuple[float, float]:
+        """``(rate, multiplier)`` for one parameter: ``lr`` times the group's or the parameter's
+        multiplier (the parameter's ``learning_rate`` attribute is checked here: a user may have
+        set anything)."""
         if group.lr_scale is not None:
-            scale, source = group.lr_scale, group.names["learning_rate"]
-        else:
-            raw = getattr(p, "learning_rate", 1.0)
-            scale = _checks.finite_nonneg(raw, f"the learning_rate of {label}")
-            source = "its learning_rate attribute"
-        return lr * scale, f"{lr!r} times {source} {scale!r}"
+            return lr * group.lr_scale, group.lr_scale
+        raw = getattr(p, "learning_rate", 1.0)
+        if type(raw) is float and 0.0 <= raw < math.inf:  # fastclip.Parameter's: checked when set
+            return lr * raw, raw
+        scale = _checks.finite_nonneg(raw, f"the learning_rate of {_label(p, where)}")
+        return lr * scale, scale
 
-    def _check_lr(
-        self, lr_i: float, how: str, lr_name: str, group: _Group, dtype: np.dtype, label: str, done: set[Any]
-    ) -> None:
+    def _check_lr(self, lr: float, lr_name: str, group: _Group, p: Any, where: str, done: set[Any]) -> float:
+        """The learning rate of parameter ``p`` for a global rate ``lr`` (named ``lr_name``),
+        checked as the update applies it in the parameter's dtype."""
+        lr_i, scale = self._param_lr(group, p, lr, where)
+        dtype = p.value.dtype
         key = (lr_i, dtype, id(group))
         if key in done:
-            return
+            return lr_i
         problem = self._lr_problem(lr_i, group, dtype)
         if problem is not None:
+            source = "its own learning_rate" if group.lr_scale is None else group.names["learning_rate"]
             raise ValueError(
-                f"the learning rate of {label} ({lr_name} {how} = {lr_i!r}) {problem}, the parameter's dtype; "
-                f"lower {lr_name} or the multiplier"
+                f"the learning rate of {_label(p, where)} is {lr_i!r} ({lr_name} {lr!r} times {source} {scale!r}), "
+                f"which {problem}"
             )
         done.add(key)
+        return lr_i
 
     def _check_lrs(self, lr: float, lr_name: str) -> None:
         """Check the learning rate of every parameter, as applied, for a global rate ``lr``."""
@@ -360,9 +378,7 @@ class Optimizer:
                 v = getattr(p, "value", None)
                 if not (isinstance(v, np.ndarray) and v.dtype in _FLOATS):
                     continue  # a duck-typed parameter changed its value: step() will say so
-                label = _label(p, where)
-                lr_i, how = self._param_lr(group, p, lr, label)
-                self._check_lr(lr_i, how, lr_name, group, v.dtype, label, done)
+                self._check_lr(lr, lr_name, group, p, where, done)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -449,52 +465,53 @@ class Optimizer:
         return _Plan(group, entries, in_place)
 
     def _plan_entry(self, group: _Group, p: Any, g: Any, where: str, done: set[Any], clipped_by: Any) -> _Entry:
-        label = _label(p, where)
-        v = _value_of(p, label)
-        _check_grad(g, v, label, clipped_by)
-        self._check_applied(group, v.dtype, label)
-        lr_i, how = self._param_lr(group, p, self._learning_rate, label)
-        self._check_lr(lr_i, how, "learning_rate", group, v.dtype, label, done)
+        v = _value_of(p, where)
+        _check_grad(g, v, p, where, clipped_by)
+        self._check_applied(group, v.dtype, p, where)
+        lr_i = self._check_lr(self._learning_rate, "learning_rate", group, p, where, done)
         entry = self._state.get(id(p))
         if entry is not None and entry[0] is p:
-            self._check_state(entry[1], v, label)
-            return _Entry(p, v, g, label, lr_i, entry[1], False)
-        return _Entry(p, v, g, label, lr_i, self._new_state(group, v), True)
+            self._check_state(entry[1], v, p, where)
+            return _Entry(p, v, g, where, lr_i, entry[1], False)
+        return _Entry(p, v, g, where, lr_i, self._new_state(group, v), True)
 
     def _new_state(self, group: _Group, v: np.ndarray) -> dict[str, Any]:
         """A fresh state for a parameter of value ``v`` (zeros for every state array)."""
         return {k: np.zeros_like(v) for k in self._STATE}
 
-    def _check_state(self, state: dict[str, Any], v: np.ndarray, label: str) -> None:
+    def _check_state(self, state: dict[str, Any], v: np.ndarray, p: Any, where: str) -> None:
         for k in self._STATE:
             a = state.get(k)
-            what = f"the optimizer state {k!r} of {label}"
             if not isinstance(a, np.ndarray):
+                what = f"the optimizer state {k!r} of {_label(p, where)}"
                 raise TypeError(f"{what} must be a numpy.ndarray, not {type(a).__name__}")
             if a.dtype != v.dtype or a.shape != v.shape:
+                what = f"the optimizer state {k!r} of {_label(p, where)}"
                 raise ValueError(f"{what} has dtype {a.dtype} and shape {a.shape}; the parameter {v.dtype} {v.shape}")
-            if not a.flags.writeable or (a.size and not a.flags.aligned):
+            flags = a.flags
+            if not flags.writeable or not (flags.aligned or not a.size):
+                what = f"the optimizer state {k!r} of {_label(p, where)}"
                 raise ValueError(f"{what} is read-only or not aligned; the optimizer updates it in place")
 
     def _check_memory(self, plans: list[_Plan]) -> None:
         """Nothing written (values, states, grads clipped in place or by a user clip) may share a
         byte with any other array of the step, in any group; grads that are only read may."""
 
-        def items() -> Iterable[tuple[np.ndarray, bool, tuple[str, str]]]:
+        def items() -> Iterable[tuple[np.ndarray, bool, tuple[str, _Entry]]]:
             for pl in plans:
                 user_clip = pl.group.grad_clip is not None and not pl.in_place
                 for e in pl.entries:
-                    yield e.value, True, ("value", e.label)
-                    yield e.grad, e.clipped or user_clip, ("grad", e.label)
+                    yield e.value, True, ("value", e)
+                    yield e.grad, e.clipped or user_clip, ("grad", e)
                     for k in self._STATE:
-                        yield e.state[k], True, (f"optimizer state {k!r}", e.label)
+                        yield e.state[k], True, (f"optimizer state {k!r}", e)
 
-        clash = _checks.first_overlap(items())
+        clash = _checks.first_overlap(items(), self._bounds)
         if clash is not None:
             (what_a, a), (what_b, b) = clash
             raise ValueError(
-                f"the {what_b} of {b} shares memory with the {what_a} of {a}; the step writes values, "
-                "states and clipped gradients in place: give each its own buffer"
+                f"the {what_b} of {b.label} shares memory with the {what_a} of {a.label}; the step writes "
+                "values, states and clipped gradients in place: give each its own buffer"
             )
 
     # -- step: user clips -----------------------------------------------------------------------
@@ -729,7 +746,7 @@ class Adam(Optimizer):
             bound = a * (one / (one - b1))
         if not np.isfinite(bound):
             b1_name, b1_value = group.names["beta1"], group.hyper["beta1"]
-            return f"divided by 1 - {b1_name} ({b1_value!r}) overflows {dtype} in Adam's bias correction"
+            return f"divided by 1 - {b1_name} ({b1_value!r}) overflows {dtype} (Adam's largest bias-corrected rate)"
         return None
 
     def _new_state(self, group: _Group, v: np.ndarray) -> dict[str, Any]:
@@ -739,11 +756,19 @@ class Adam(Optimizer):
         state["pows"] = [t(group.hyper["beta1"]), t(group.hyper["beta2"])]
         return state
 
-    def _check_state(self, state: dict[str, Any], v: np.ndarray, label: str) -> None:
-        super()._check_state(state, v, label)
+    def _check_state(self, state: dict[str, Any], v: np.ndarray, p: Any, where: str) -> None:
+        super()._check_state(state, v, p, where)
         pows = state.get("pows")
         t = v.dtype.type
-        if not (isinstance(pows, list) and len(pows) == 2 and all(type(x) is t and 0 <= x < 1 for x in pows)):
+        if not (
+            type(pows) is list
+            and len(pows) == 2
+            and type(pows[0]) is t
+            and type(pows[1]) is t
+            and 0.0 <= float(pows[0]) < 1.0
+            and 0.0 <= float(pows[1]) < 1.0
+        ):
+            label = _label(p, where)
             raise ValueError(f"the optimizer state 'pows' of {label} must be two {v.dtype} numbers in [0, 1)")
 
     def _update(self, group: _Group, entries: list[_Entry]) -> None:
@@ -815,5 +840,6 @@ class AdamW(Adam):
         with np.errstate(over="ignore"):
             decay = applied(lr, dtype) * applied(group.weight_decay, dtype)  # the kernel's lr * coeff
         if not np.isfinite(decay):
-            return f"times {group.names['weight_decay']} ({group.weight_decay!r}) overflows {dtype} in AdamW's decay"
+            wd_name = group.names["weight_decay"]
+            return f"times {wd_name} ({group.weight_decay!r}) overflows {dtype} (AdamW's decay lr * weight_decay)"
         return None
