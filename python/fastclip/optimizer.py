@@ -48,8 +48,9 @@ Deliberate differences from Paddle, each tested:
   Integer learning rates are accepted (Paddle requires float);
 - every hyperparameter is also checked **as the kernel applies it**, in each parameter dtype the
   group holds: ``beta1=0.99999999`` is 1.0 in float32 (``1 - beta1`` would be 0 and the weights
-  NaN), ``learning_rate=1e39`` is inf in float32, ``lr / (1 - beta1)`` (the largest Adam
-  bias-corrected rate) and AdamW's ``lr * weight_decay`` must be finite, and Adam's
+  NaN), ``learning_rate=1e39`` is inf in float32, Adam's largest bias-corrected rate
+  (``lr * max(1, sqrt(1 - beta2) / (1 - beta1))``) and AdamW's ``lr * weight_decay`` must be
+  finite, and Adam's
   ``epsilon * sqrt(1 - beta2)`` must stay > 0 (else a zero gradient element gives 0/0). The
   learning rates are checked again by ``set_lr`` and by every ``step()`` (a per-parameter
   ``learning_rate`` attribute may have changed);
@@ -389,7 +390,7 @@ class Optimizer:
     def set_lr(self, value: float) -> None:
         """Set the global learning rate. Raises ``TypeError`` for a non-number and
         ``ValueError`` for a negative, NaN or infinite value, or one that overflows a parameter's
-        dtype as applied (times its multiplier; for Adam divided by ``1 - beta1``)."""
+        dtype as applied (times its multiplier; for Adam its largest bias-corrected rate)."""
         lr = _checks.finite_nonneg(value, "value")
         self._check_lrs(lr, "value")
         self._learning_rate = lr
@@ -689,7 +690,7 @@ class Adam(Optimizer):
     ``beta1``/``beta2`` outside [0, 1), an ``epsilon`` that is not a finite number > 0, a
     negative or non-finite weight decay, bad ``parameters`` or a ``grad_clip`` that is not a
     :class:`~fastclip.ClipGradBase`; and, for each parameter dtype, when a beta rounds to 1,
-    ``lr / (1 - beta1)`` overflows or ``epsilon * sqrt(1 - beta2)`` rounds to 0 in that dtype.
+    the largest ``lr_t`` overflows or ``epsilon * sqrt(1 - beta2)`` rounds to 0 in that dtype.
 
     >>> import numpy as np, fastclip as fc
     >>> w = fc.Parameter(np.array([1.0, -1.0]))
@@ -739,14 +740,20 @@ class Adam(Optimizer):
         problem = super()._lr_problem(lr, group, dtype)
         if problem is not None:
             return problem
-        one, a = dtype.type(1), applied(lr, dtype)
-        b1 = applied(group.hyper["beta1"], dtype)
+        # The kernel's rate lr_t = lr * (sqrt(1 - beta2^t) / (1 - beta1^t)). Its factor is largest
+        # on the first step or in the limit (1) -- checked numerically for betas over [0, 1 - 1e-15]
+        # and t up to 2e5 -- so the first step's factor, formed in the dtype as the kernel forms
+        # it, bounds every step. The margin covers the rounding of later steps' powers.
+        one = dtype.type(1)
         with np.errstate(over="ignore", divide="ignore"):
-            # lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t) <= lr / (1 - beta1) for every t
-            bound = a * (one / (one - b1))
-        if not np.isfinite(bound):
-            b1_name, b1_value = group.names["beta1"], group.hyper["beta1"]
-            return f"divided by 1 - {b1_name} ({b1_value!r}) overflows {dtype} (Adam's largest bias-corrected rate)"
+            first = np.sqrt(one - applied(group.hyper["beta2"], dtype)) / (one - applied(group.hyper["beta1"], dtype))
+        rate = float(applied(lr, dtype)) * max(float(first), 1.0)
+        if not rate * (1 + 1e-6) <= float(np.finfo(dtype).max):
+            n = group.names
+            return (
+                f"times Adam's bias correction sqrt(1 - {n['beta2']}) / (1 - {n['beta1']}) = {float(first)!r} "
+                f"overflows {dtype}"
+            )
         return None
 
     def _new_state(self, group: _Group, v: np.ndarray) -> dict[str, Any]:
