@@ -834,7 +834,7 @@ class AdamW(Adam):
 
     def _decay(self, value: Any, name: str) -> float:
         if value is None:
-            raise TypeError(f"{name} must be a number (AdamW's decoupled coefficient), not None")
+            raise TypeError(f"{name} must be a real number (AdamW's decoupled coefficient), not None")
         return _checks.finite_nonneg(value, name)
 
     def _group_decay(self, value: Any, name: str) -> float:
