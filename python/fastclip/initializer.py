@@ -198,9 +198,9 @@ class XavierUniform(_Random):
         self.gain = _finite(gain, "gain")
 
     def _make(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        fan_in, fan_out = compute_fans(shape)
-        fan_in = fan_in if self.fan_in is None else self.fan_in
-        fan_out = fan_out if self.fan_out is None else self.fan_out
+        shape_in, shape_out = compute_fans(shape)
+        fan_in = shape_in if self.fan_in is None else self.fan_in
+        fan_out = shape_out if self.fan_out is None else self.fan_out
         if fan_in + fan_out <= 0:
             raise ValueError(f"XavierUniform needs fan_in + fan_out > 0, got {fan_in} + {fan_out}")
         limit = self.gain * math.sqrt(6.0 / (fan_in + fan_out))

@@ -691,6 +691,8 @@ class Adam(Optimizer):
     negative or non-finite weight decay, bad ``parameters`` or a ``grad_clip`` that is not a
     :class:`~fastclip.ClipGradBase`; and, for each parameter dtype, when a beta rounds to 1,
     the largest ``lr_t`` overflows or ``epsilon * sqrt(1 - beta2)`` rounds to 0 in that dtype.
+    What depends on the gradients is not refused: with ``beta2 = 0`` a gradient element that
+    turns to 0 moves its weight by ``lr_t * m1 / eps_t``, which overflows for a subnormal epsilon.
 
     >>> import numpy as np, fastclip as fc
     >>> w = fc.Parameter(np.array([1.0, -1.0]))
