@@ -598,3 +598,15 @@ def test_docstring_examples() -> None:
         result = doctest.testmod(module)
         assert result.failed == 0
     assert doctest.testmod(optim).attempted > 0
+
+
+def test_clear_grad_refuses_a_read_only_grad_before_zeroing_any() -> None:
+    ps = [_param(np.float64, f"p{i}") for i in range(3)]
+    ps[2].grad.flags.writeable = False
+    opt = optim.SGD(parameters=[{"params": ps[:2]}, {"params": ps[2:]}])
+    before = [p.grad.tobytes() for p in ps]
+    with pytest.raises(ValueError, match=r"grad of parameter 'p2' .* read-only"):
+        opt.clear_grad()
+    assert [p.grad.tobytes() for p in ps] == before
+    opt.clear_grad(set_to_zero=False)  # dropping a read-only grad is fine
+    assert all(p.grad is None for p in ps)
