@@ -66,6 +66,13 @@ _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 # ---------------------------------------------------------------- helpers
 
 
+def zip_equal(*iterables: Any) -> Any:
+    """``zip(..., strict=True)`` for Python 3.9: the iterables must have one length."""
+    lists = [list(it) for it in iterables]
+    assert len({len(x) for x in lists}) <= 1, f"lengths differ: {[len(x) for x in lists]}"
+    return zip(*lists)
+
+
 def decode(value: Any) -> Any:
     if isinstance(value, list):
         return [decode(v) for v in value]
@@ -168,7 +175,7 @@ def test_golden_class_case(case_id: str) -> None:
         o["index"] for o in expected["outputs"]
     ]
     assert len(out) == len(expected["outputs"])
-    for (p, g), o in zip(out, expected["outputs"], strict=True):
+    for (p, g), o in zip_equal(out, expected["outputs"]):
         p_in, g_in = pairs[o["index"]]
         assert p is p_in and g is g_in  # in place, same objects (Paddle's ByValue/ByNorm make new tensors)
         want = golden_array(o["grad"], o["dtype"], o["shape"])
@@ -190,7 +197,7 @@ def test_golden_rounding_cases_match_independent_reference(case_id: str) -> None
     else:
         total = math.hypot(*(ref_norm(g) for g in originals))
         factors = [c / max(total, c)] * len(originals)
-    for g, g0, f in zip([g for g in grads if g is not None], originals, factors, strict=True):
+    for g, g0, f in zip_equal([g for g in grads if g is not None], originals, factors):
         assert ulps(g, ref_scaled(g0, f)) <= 1
 
 
@@ -251,7 +258,7 @@ def test_departure_float32_overflow_clipped_correctly(case_id: str) -> None:
         total = math.hypot(*(ref_norm(g) for g in originals))
         factors = [c / total] * len(originals)
         assert clip.last_stats is not None and clip.last_stats.global_norm == pytest.approx(total, rel=1e-15)
-    for (_, g), g0, f in zip(out, originals, factors, strict=True):
+    for (_, g), g0, f in zip_equal(out, originals, factors):
         assert_bitwise(g, ref_scaled(g0, f))
     assert out[0][1][0] == pytest.approx(c, rel=1e-6)  # the 1e30 entry dominates: it ends at clip_norm
 
@@ -279,7 +286,7 @@ def test_departure_mixed_dtypes_norm_in_float64() -> None:
     make_clip(case)(pairs)
     total = math.hypot(*(ref_norm(g) for g in originals))
     f = case["args"]["clip_norm"] / total
-    for g, g0, o in zip(grads, originals, case["expected"]["outputs"], strict=True):
+    for g, g0, o in zip_equal(grads, originals, case["expected"]["outputs"]):
         assert g is not None
         paddle = golden_array(o["grad"], o["dtype"], o["shape"])
         assert ulps(g, ref_scaled(g0, f)) <= 1
@@ -350,7 +357,7 @@ def test_golden_util_case(case_id: str) -> None:
     else:
         assert fc.clip_grad_value_(grads, **args) is None
         tol = 0
-    for g, want in zip(grads, exp["grads_after"], strict=True):
+    for g, want in zip_equal(grads, exp["grads_after"]):
         assert ulps(g, np.array(decode(want), dtype=g.dtype).reshape(g.shape)) <= tol
 
 
@@ -671,14 +678,14 @@ clip_norms = st.floats(1e-3, 1e3)
 def test_property_by_norm(spec: list[Any], c: float, mask: list[bool]) -> None:
     grads = make_arrays(spec)
     originals = [g.copy() for g in grads]
-    params = [fc.Parameter(np.zeros(g.shape, g.dtype), need_clip=m) for g, m in zip(grads, mask, strict=False)]
+    params = [fc.Parameter(np.zeros(g.shape, g.dtype), need_clip=m) for g, m in zip(grads, mask)]
     clip = fc.ClipGradByNorm(c)
-    out = clip(list(zip(params, grads, strict=True)))
+    out = clip(list(zip_equal(params, grads)))
     assert [g for _, g in out] == grads
     stats = clip.last_stats
     assert stats is not None
     assert stats.indices == tuple(i for i, m in enumerate(mask[: len(grads)]) if m)
-    for i, (g, g0, m) in enumerate(zip(grads, originals, mask, strict=False)):
+    for i, (g, g0, m) in enumerate(zip(grads, originals, mask)):
         if not m:
             assert g.tobytes() == g0.tobytes()
             continue
@@ -699,16 +706,16 @@ def test_property_by_norm(spec: list[Any], c: float, mask: list[bool]) -> None:
 def test_property_global_norm(spec: list[Any], c: float, mask: list[bool], auto: bool) -> None:
     grads = make_arrays(spec)
     originals = [g.copy() for g in grads]
-    params = [fc.Parameter(np.zeros(g.shape, g.dtype), need_clip=m) for g, m in zip(grads, mask, strict=False)]
+    params = [fc.Parameter(np.zeros(g.shape, g.dtype), need_clip=m) for g, m in zip(grads, mask)]
     clip = fc.ClipGradByGlobalNorm(c, auto_skip_clip=auto)
-    clip(list(zip(params, grads, strict=True)))
+    clip(list(zip_equal(params, grads)))
     clipped = [i for i, m in enumerate(mask[: len(grads)]) if m]
     total = math.hypot(*(ref_norm(originals[i]) for i in clipped))
     stats = clip.last_stats
     assert stats is not None and stats.global_norm == pytest.approx(total, rel=1e-14, abs=0)
     after = math.hypot(*(ref_norm(grads[i]) for i in clipped))
     assert after <= c * (1 + 1e-6)
-    for i, (g, g0) in enumerate(zip(grads, originals, strict=True)):
+    for i, (g, g0) in enumerate(zip_equal(grads, originals)):
         if i not in clipped or total <= c:
             assert g.tobytes() == g0.tobytes()
         else:

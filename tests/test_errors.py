@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import fastclip as fc
@@ -317,3 +319,141 @@ def test_fast_path_mixed_list_falls_back_and_clips(rng):
     assert fc.clip_grad_norm_(got, 1.0) > 1.0
     for a, e in zip(arrays, expected):
         assert same_bits(a, e)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every public argument that takes a number: huge ints, NumPy bools, strings, Decimals and
+# Fractions, objects whose __float__ raises. An OverflowError never escapes; the message names
+# the argument.
+# ---------------------------------------------------------------------------------------------
+
+
+def _w() -> fc.Parameter:
+    p = fc.Parameter(np.ones(3), name="w")
+    p.grad = np.ones(3)
+    return p
+
+
+def _set_lr(v: Any) -> None:
+    fc.optimizer.SGD(0.1, parameters=[_w()]).set_lr(v)
+
+
+def _set_param_lr(v: Any) -> None:
+    _w().learning_rate = v
+
+
+OPT = fc.optimizer
+INIT = fc.initializer
+#: argument -> (a call that passes v to it, the name the error must show, what it accepts besides
+#: finite numbers: "nan", "inf", "None", "inf-str"; "str" where other strings raise ValueError)
+NUMBER_ARGS: dict[str, tuple[Callable[[Any], Any], str, set[str]]] = {
+    "clip_grad_norm_(max_norm)": (lambda v: fc.clip_grad_norm_([np.ones(3)], v), "max_norm", {"inf"}),
+    "clip_grad_norm_(norm_type)": (lambda v: fc.clip_grad_norm_([np.ones(3)], 1.0, v), "norm_type",
+                                   {"inf", "inf-str", "str"}),
+    "get_total_norm(norm_type)": (lambda v: fc.get_total_norm([np.ones(3)], v), "norm_type",
+                                   {"inf", "inf-str", "str"}),
+    "clip_grads_with_norm_(max_norm)": (lambda v: fc.clip_grads_with_norm_([np.ones(3)], v, 1.0), "max_norm", {"inf"}),
+    "clip_grads_with_norm_(total_norm)": (lambda v: fc.clip_grads_with_norm_([np.ones(3)], 1.0, v), "total_norm",
+                                          {"inf", "nan"}),
+    "clip_grad_value_(clip_value)": (lambda v: fc.clip_grad_value_([np.ones(3)], v), "clip_value", {"inf"}),
+    "ClipGradByValue(max)": (lambda v: fc.ClipGradByValue(v), "max", {"inf"}),
+    "ClipGradByValue(min)": (lambda v: fc.ClipGradByValue(1.0, v), "min", {"None"}),
+    "ClipGradByNorm(clip_norm)": (lambda v: fc.ClipGradByNorm(v), "clip_norm", set()),
+    "ClipGradByGlobalNorm(clip_norm)": (lambda v: fc.ClipGradByGlobalNorm(v), "clip_norm", set()),
+    "SGD(learning_rate)": (lambda v: OPT.SGD(v, parameters=[_w()]), "learning_rate", set()),
+    "SGD(weight_decay)": (lambda v: OPT.SGD(parameters=[_w()], weight_decay=v), "weight_decay", {"None"}),
+    "Momentum(momentum)": (lambda v: OPT.Momentum(parameters=[_w()], momentum=v), "momentum", set()),
+    "Adam(beta1)": (lambda v: OPT.Adam(parameters=[_w()], beta1=v), "beta1", set()),
+    "Adam(beta2)": (lambda v: OPT.Adam(parameters=[_w()], beta2=v), "beta2", set()),
+    "Adam(epsilon)": (lambda v: OPT.Adam(parameters=[_w()], epsilon=v), "epsilon", set()),
+    "AdamW(weight_decay)": (lambda v: OPT.AdamW(parameters=[_w()], weight_decay=v), "weight_decay", set()),
+    "group learning_rate": (lambda v: OPT.SGD(parameters=[{"params": [_w()], "learning_rate": v}]),
+                            r"parameters\[0\]\['learning_rate'\]", set()),
+    "group beta1": (lambda v: OPT.Adam(parameters=[{"params": [_w()], "beta1": v}]), r"parameters\[0\]\['beta1'\]",
+                    set()),
+    "group momentum": (lambda v: OPT.Momentum(parameters=[{"params": [_w()], "momentum": v}]),
+                       r"parameters\[0\]\['momentum'\]", set()),
+    "set_lr(value)": (_set_lr, "value", set()),
+    "Parameter(learning_rate)": (lambda v: fc.Parameter(np.ones(2), learning_rate=v), "learning_rate", set()),
+    "Parameter.learning_rate = v": (_set_param_lr, "learning_rate", set()),
+    "ParamAttr(learning_rate)": (lambda v: fc.ParamAttr(learning_rate=v), "learning_rate", set()),
+    "Constant(value)": (lambda v: INIT.Constant(v), "value", set()),
+    "Normal(mean)": (lambda v: INIT.Normal(v), "mean", set()),
+    "Normal(std)": (lambda v: INIT.Normal(0.0, v), "std", set()),
+    "Uniform(low)": (lambda v: INIT.Uniform(v, 1.0), "low", set()),
+    "Uniform(high)": (lambda v: INIT.Uniform(-1.0, v), "high", set()),
+    "XavierUniform(fan_in)": (lambda v: INIT.XavierUniform(fan_in=v), "fan_in", {"None"}),
+    "XavierUniform(gain)": (lambda v: INIT.XavierUniform(gain=v), "gain", set()),
+}  # fmt: skip
+
+
+class _FloatRaises:
+    def __float__(self) -> float:
+        raise RuntimeError("no float for you")
+
+
+class _Floaty:
+    def __float__(self) -> float:
+        return 0.25
+
+
+#: (value, the exception, what the message says, the NUMBER_ARGS tag that makes it acceptable)
+BAD_NUMBERS: list[tuple[Any, type, str, str | None]] = [
+    (10**400, ValueError, "too large for a float", None),
+    (-(10**400), ValueError, "too large for a float", None),
+    (Fraction(10**400, 3), ValueError, "too large for a float", None),
+    (Decimal("1e400"), ValueError, "too large for a float", None),
+    (Decimal("-1e999"), ValueError, "too large for a float", None),
+    (np.longdouble(1e300) ** 2 if np.finfo(np.longdouble).max > 1e600 else 10**401, ValueError, "too large", None),
+    (float("nan"), ValueError, "", "nan"),
+    (np.float32("nan"), ValueError, "", "nan"),
+    ("inf", TypeError, "real number", "inf-str"),
+    ("0.5", TypeError, "real number", None),
+    (b"1", TypeError, "real number", None),
+    (True, TypeError, "real number", None),
+    (np.True_, TypeError, "real number", None),
+    (np.bool_(False), TypeError, "real number", None),
+    (np.array(True), TypeError, "bool", None),
+    (None, TypeError, "real number", "None"),
+    (1 + 0j, TypeError, "real number", None),
+    (np.complex128(0.5), TypeError, "real number", None),
+    (np.array([0.5, 0.5]), TypeError, r"shape \(2,\)", None),
+    ([0.5], TypeError, "real number", None),
+    (_FloatRaises(), TypeError, "no float for you", None),
+    (object(), TypeError, "real number", None),
+]
+
+
+@pytest.mark.parametrize("arg", list(NUMBER_ARGS))
+@pytest.mark.parametrize(("value", "exc", "says", "unless"), BAD_NUMBERS, ids=lambda v: repr(v)[:30])
+def test_every_number_argument_refuses_bad_numbers(arg: str, value: Any, exc: type, says: str, unless: Any) -> None:
+    call, name, accepts = NUMBER_ARGS[arg]
+    if unless in accepts:
+        call(value)  # a value this argument takes: no error
+        return
+    if isinstance(value, str) and "str" in accepts:
+        exc, says = ValueError, "'inf'"  # norm_type takes the string 'inf', so other strings are bad values
+    with pytest.raises(exc, match=name) as e:
+        call(value)
+    assert re.search(says, str(e.value)), str(e.value)
+    assert not isinstance(e.value, OverflowError)
+
+
+@pytest.mark.parametrize("arg", list(NUMBER_ARGS))
+@pytest.mark.parametrize(
+    "value",
+    [Fraction(1, 4), Decimal("0.25"), np.float16(0.25), np.float32(0.25), np.longdouble(0.25), np.array(0.25),
+     _Floaty()],
+    ids=repr,
+)  # fmt: skip
+def test_every_number_argument_takes_any_real_number_type(arg: str, value: Any) -> None:
+    call, _, _ = NUMBER_ARGS[arg]
+    call(value)
+
+
+def test_real_number_types_give_the_same_float() -> None:
+    for v in [Fraction(1, 4), Decimal("0.25"), np.float16(0.25), np.array(0.25), _Floaty(), np.int64(1) / 4]:
+        assert fc.ClipGradByNorm(v).clip_norm == 0.25
+        assert type(fc.ClipGradByNorm(v).clip_norm) is float
+    assert fc.ClipGradByNorm(np.int8(3)).clip_norm == 3.0
+    assert fc.ClipGradByNorm(2**80).clip_norm == float(2**80)  # big but representable

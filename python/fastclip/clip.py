@@ -50,7 +50,9 @@ import numpy as np
 
 from . import _fastclip
 from ._buffers import collect
+from ._checks import flag as _flag
 from ._checks import number as _number
+from ._checks import text as _text
 from ._checks import threshold as _threshold
 
 __all__ = ["ClipGradBase", "ClipGradByGlobalNorm", "ClipGradByNorm", "ClipGradByValue", "ClipStats"]
@@ -154,7 +156,7 @@ def _applied(factors: list[float], arrays: list[Any]) -> tuple[float, ...]:
     """Each factor as ``scale_`` applies it: rounded to float32 unless the array is float64 (1.0 stays 1.0)."""
     rounded: dict[float, float] = {}
     out = []
-    for f, a in zip(factors, arrays, strict=True):
+    for f, a in zip(factors, arrays):  # one factor per array, by construction
         if f == 1.0 or getattr(a, "dtype", None) == _F64:
             out.append(f)
         else:
@@ -341,12 +343,8 @@ class ClipGradByGlobalNorm(ClipGradBase):
     ) -> None:
         super().__init__()
         self._clip_norm = _threshold(clip_norm, "clip_norm", allow_zero=False, allow_inf=False)
-        if not isinstance(group_name, str):
-            raise TypeError(f"group_name must be a str, not {type(group_name).__name__}")
-        if not isinstance(auto_skip_clip, bool):
-            raise TypeError(f"auto_skip_clip must be a bool, not {type(auto_skip_clip).__name__}")
-        self._group_name = group_name
-        self._auto_skip_clip = auto_skip_clip
+        self._group_name = _text(group_name, "group_name")
+        self._auto_skip_clip = _flag(auto_skip_clip, "auto_skip_clip")
         if group is not None:
             from .distributed import as_communicator
 

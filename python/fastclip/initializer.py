@@ -14,6 +14,9 @@ from typing import Any, Union
 
 import numpy as np
 
+from ._checks import finite as _finite
+from ._checks import shape as _shape
+
 __all__ = ["Assign", "Constant", "Initializer", "Normal", "Uniform", "XavierUniform", "compute_fans", "seed"]
 
 RngLike = Union[np.random.Generator, int, None]
@@ -42,24 +45,6 @@ def _generator(rng: RngLike) -> np.random.Generator | None:
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
         return np.random.default_rng(int(rng))
     raise TypeError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
-
-
-def _shape(shape: Sequence[int] | int) -> tuple[int, ...]:
-    """``shape`` as a tuple of non-negative ints; raises ``ValueError`` otherwise."""
-    dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    if any(not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 0 for d in dims):
-        raise ValueError(f"shape must be non-negative ints, got {shape!r}")
-    return tuple(int(d) for d in dims)
-
-
-def _finite(value: Any, what: str) -> float:
-    """``value`` as a finite float; raises ``TypeError`` for a non-number, ``ValueError`` for NaN/inf."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{what} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{what} must be finite, got {v!r}")
-    return v
 
 
 def compute_fans(shape: Sequence[int]) -> tuple[int, int]:
@@ -122,16 +107,15 @@ class Assign(Initializer):
 class Constant(Initializer):
     """Every element ``value`` (``paddle.nn.initializer.Constant``); Paddle's default for biases.
 
-    Raises ``TypeError`` if ``value`` is not a number.
+    Raises ``TypeError`` if ``value`` is not a number and ``ValueError`` if it is not finite
+    (NaN, an infinity, or an int too large for a float).
 
     >>> Constant(0.5)((2,), "float32")
     array([0.5, 0.5], dtype=float32)
     """
 
     def __init__(self, value: float = 0.0) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise TypeError(f"value must be a number, got {type(value).__name__}")
-        self.value = float(value)
+        self.value = _finite(value, "value")
 
     def _make(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return np.full(shape, self.value, dtype=dtype)
@@ -214,9 +198,9 @@ class XavierUniform(_Random):
         self.gain = _finite(gain, "gain")
 
     def _make(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        fan_in, fan_out = compute_fans(shape)
-        fan_in = fan_in if self.fan_in is None else self.fan_in
-        fan_out = fan_out if self.fan_out is None else self.fan_out
+        shape_in, shape_out = compute_fans(shape)
+        fan_in = shape_in if self.fan_in is None else self.fan_in
+        fan_out = shape_out if self.fan_out is None else self.fan_out
         if fan_in + fan_out <= 0:
             raise ValueError(f"XavierUniform needs fan_in + fan_out > 0, got {fan_in} + {fan_out}")
         limit = self.gain * math.sqrt(6.0 / (fan_in + fan_out))

@@ -9,13 +9,13 @@ as Paddle reads it: ``getattr(param, "need_clip", True) is False``) and ``traina
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ._checks import number as _number
+from ._checks import finite_nonneg, flag, optional_str
+from ._checks import shape as _shape
 
 __all__ = ["ParamAttr", "Parameter"]
 
@@ -29,25 +29,6 @@ Initializer = Callable[[tuple[int, ...], np.dtype], np.ndarray]
 
 def _is_float_dtype(dtype: np.dtype) -> bool:
     return dtype.name in FLOAT_DTYPES
-
-
-def _flag(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
-    return bool(value)
-
-
-def _name(value: Any, name: str) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
-    return value
-
-
-def _learning_rate(value: Any) -> float:
-    lr = _number(value, "learning_rate")
-    if not (math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"learning_rate must be a finite number >= 0, got {lr!r}")
-    return lr
 
 
 class Parameter:
@@ -64,7 +45,7 @@ class Parameter:
       norm of :class:`~fastclip.ClipGradByGlobalNorm`).
     - ``trainable``: ``False`` makes optimizers skip it (Paddle's ``stop_gradient=True``).
     - ``learning_rate``: a per-parameter multiplier of the optimizer's learning rate (Paddle's
-      ``ParamAttr(learning_rate=...)``).
+      ``ParamAttr(learning_rate=...)``); settable, checked on every set.
     - ``replicated``: ``True`` says every rank of a distributed clip (``group=``) holds this
       gradient identically (a replicated weight, a tied embedding, a tensor-parallel duplicate), so
       the global norm counts it once (see :mod:`fastclip.distributed`); no effect without a group.
@@ -80,7 +61,7 @@ class Parameter:
     Parameter(name='w', shape=(2, 3), dtype=float32, need_clip=False, trainable=True)
     """
 
-    __slots__ = ("_grad", "_need_clip", "_replicated", "_trainable", "_value", "learning_rate", "name")
+    __slots__ = ("_grad", "_learning_rate", "_need_clip", "_replicated", "_trainable", "_value", "name")
 
     def __init__(
         self,
@@ -96,14 +77,17 @@ class Parameter:
             raise TypeError(f"value must be an array of {', '.join(FLOAT_DTYPES)}, not {arr.dtype}")
         if not arr.flags.writeable:
             raise ValueError("value must be writeable: optimizers update it in place")
-        given = _name(name, "name")
+        given = optional_str(name, "name")
+        need_clip = flag(need_clip, "need_clip")
+        trainable = flag(trainable, "trainable")
+        lr = finite_nonneg(learning_rate, "learning_rate")
         self.name: str = given if given is not None else f"param_{next(_names)}"
         self._value = arr
         self._grad: np.ndarray | None = None
-        self._need_clip = _flag(need_clip, "need_clip")
-        self._trainable = _flag(trainable, "trainable")
-        self.learning_rate: float = _learning_rate(learning_rate)
-        self._replicated = _flag(replicated, "replicated")
+        self._need_clip = need_clip
+        self._trainable = trainable
+        self._learning_rate = lr
+        self._replicated = flag(replicated, "replicated")
 
     @property
     def value(self) -> np.ndarray:
@@ -129,13 +113,22 @@ class Parameter:
         self._grad = g
 
     @property
+    def learning_rate(self) -> float:
+        """The multiplier of the optimizer's learning rate (settable: a finite number >= 0)."""
+        return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value: Any) -> None:
+        self._learning_rate = finite_nonneg(value, "learning_rate")
+
+    @property
     def need_clip(self) -> bool:
         """Whether gradient clipping applies to this parameter (settable, bool)."""
         return self._need_clip
 
     @need_clip.setter
-    def need_clip(self, flag: Any) -> None:
-        self._need_clip = _flag(flag, "need_clip")
+    def need_clip(self, value: Any) -> None:
+        self._need_clip = flag(value, "need_clip")
 
     @property
     def replicated(self) -> bool:
@@ -143,8 +136,8 @@ class Parameter:
         return self._replicated
 
     @replicated.setter
-    def replicated(self, flag: Any) -> None:
-        self._replicated = _flag(flag, "replicated")
+    def replicated(self, value: Any) -> None:
+        self._replicated = flag(value, "replicated")
 
     @property
     def trainable(self) -> bool:
@@ -152,8 +145,8 @@ class Parameter:
         return self._trainable
 
     @trainable.setter
-    def trainable(self, flag: Any) -> None:
-        self._trainable = _flag(flag, "trainable")
+    def trainable(self, value: Any) -> None:
+        self._trainable = flag(value, "trainable")
 
     @property
     def stop_gradient(self) -> bool:
@@ -218,12 +211,12 @@ class ParamAttr:
     ) -> None:
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable(shape, dtype) or None, not {type(initializer).__name__}")
-        self.name: str | None = _name(name, "name")
+        self.name: str | None = optional_str(name, "name")
         self.initializer: Initializer | None = initializer
-        self.learning_rate: float = _learning_rate(learning_rate)
-        self.trainable: bool = _flag(trainable, "trainable")
-        self.need_clip: bool = _flag(need_clip, "need_clip")
-        self.replicated: bool = _flag(replicated, "replicated")
+        self.learning_rate: float = finite_nonneg(learning_rate, "learning_rate")
+        self.trainable: bool = flag(trainable, "trainable")
+        self.need_clip: bool = flag(need_clip, "need_clip")
+        self.replicated: bool = flag(replicated, "replicated")
 
     def create(
         self, shape: tuple[int, ...], dtype: Any = np.float32, default_initializer: Initializer | None = None
@@ -237,7 +230,7 @@ class ParamAttr:
         dt = np.dtype(dtype)
         if not _is_float_dtype(dt):
             raise TypeError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}, not {dt}")
-        shape = tuple(int(s) for s in shape)
+        shape = _shape(shape)
         init = self.initializer if self.initializer is not None else default_initializer
         # Always a fresh buffer: an initializer may hand back the same array for several parameters.
         value = np.zeros(shape, dt) if init is None else np.array(init(shape, dt), dtype=dt, copy=True)
