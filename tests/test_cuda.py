@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -498,3 +499,24 @@ def test_gpu_check_rejects_bad_arguments() -> None:
     for args in (["--iters", "0"], ["--iters", "x"], ["--nope"]):
         r = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and "gpu_check:" in r.stderr
+
+
+def test_gpu_check_uses_the_benchmark_shapes_and_needs_no_extension_for_a_dry_run() -> None:
+    script = SCRIPT.with_suffix(".py")
+    code = (
+        "import runpy, sys\n"
+        f"g = runpy.run_path({str(script)!r})\n"
+        "assert g['main'](['--dry-run']) == 0\n"
+        "assert not any(m == 'fastclip' or m.startswith('fastclip.') for m in sys.modules), 'imported fastclip'\n"
+        "print(len(g['gpt2_small_shapes']()))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "148"
+    from fastclip._bench.workloads import gpt2_small_shapes
+
+    g = runpy.run_path(str(script))
+    assert g["gpt2_small_shapes"]() == gpt2_small_shapes()  # one definition, not a copy
+    rows = [{"dtype": "float32", "tensors": 2, "elements": 10, "fastclip_ms": 0.5, "torch_ms": 2.0, "rel_diff": 1e-9}]
+    lines = g["table"](rows).splitlines()
+    assert lines[2].split() == ["float32", "2", "10", "0.500", "2.000", "4.00x", "1.0e-09"]
