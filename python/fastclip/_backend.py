@@ -41,16 +41,17 @@ from typing import Protocol, TypeVar
 
 __all__ = ["Backend"]
 
-#: The kind of buffer a backend works on (``numpy.ndarray``, ``fastclip._cuda.Buffer``).
-ArrayT_contra = TypeVar("ArrayT_contra", contravariant=True)
+#: The kind of buffer a backend works on (``numpy.ndarray``, ``fastclip._cuda.Buffer``); invariant,
+#: since the buffers come in a ``list`` (or a ``tuple``), as the extension's signatures say.
+ArrayT = TypeVar("ArrayT")
 
 
-class Backend(Protocol[ArrayT_contra]):
+class Backend(Protocol[ArrayT]):
     """A module that computes norms of, scales and clamps lists of buffers (see the module doc)."""
 
     def norms(
         self,
-        arrays: list[ArrayT_contra] | tuple[ArrayT_contra, ...],
+        arrays: list[ArrayT] | tuple[ArrayT, ...],
         norm_type: float = 2.0,
         per_tensor: bool = True,
         name: str = "grads",
@@ -66,7 +67,7 @@ class Backend(Protocol[ArrayT_contra]):
 
     def scale_(
         self,
-        arrays: list[ArrayT_contra] | tuple[ArrayT_contra, ...],
+        arrays: list[ArrayT] | tuple[ArrayT, ...],
         factors: float | Sequence[float],
         name: str = "grads",
         positions: Sequence[int] | None = None,
@@ -80,7 +81,7 @@ class Backend(Protocol[ArrayT_contra]):
 
     def clamp_(
         self,
-        arrays: list[ArrayT_contra] | tuple[ArrayT_contra, ...],
+        arrays: list[ArrayT] | tuple[ArrayT, ...],
         lo: float,
         hi: float,
         name: str = "grads",

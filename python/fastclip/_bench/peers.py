@@ -91,7 +91,7 @@ def numpy_value(gs: list[np.ndarray], v: float) -> None:
 def torch_module() -> Any:
     """``torch`` if it imports, else ``None`` (the torch column is then left out)."""
     try:
-        import torch
+        import torch  # type: ignore[import-not-found, unused-ignore]
     except Exception:
         return None
     return torch

@@ -45,7 +45,7 @@ def workloads(scale: float) -> list[tuple[str, Any, list[tuple[int, ...]]]]:
             return shapes
         return [(max(1, round(math.prod(s) * scale)),) for s in shapes]
 
-    big = [(64 * MI,)]
+    big: list[tuple[int, ...]] = [(64 * MI,)]
     return [
         ("64M f32", np.float32, scaled(big)),
         ("GPT-2 small f32", np.float32, scaled(gpt2_small_shapes())),
