@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from fastclip import bench
+from fastclip._bench.measure import floor_times
+from fastclip._bench.peers import Shrinking
+from fastclip._bench.workloads import gpt2_small_shapes, make_arrays, resnet50_shapes
 
 
 def median(f: Callable[[], Any], n: int = 9) -> float:
@@ -38,9 +40,9 @@ def clip_tree(grads: list[Any], c: float) -> list[Any]:
 
 
 def compare(name: str, shapes: list[tuple[int, ...]]) -> str:
-    gs = bench.make_arrays(np.float32, shapes)
-    floor, _ = bench.floor_times(sum(g.nbytes for g in gs), 9, 3.0)
-    thr = bench.Shrinking(math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in gs)))
+    gs = make_arrays(np.float32, shapes)
+    floor, _ = floor_times(sum(g.nbytes for g in gs), 9, 3.0)
+    thr = Shrinking(math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in gs)))
     t_fc = median(lambda: fc.clip_grad_norm_(gs, thr.next()))
 
     donated = jax.jit(clip_tree, donate_argnums=0)
@@ -65,8 +67,8 @@ def main() -> None:
     print(f"jax {jax.__version__}, optax {optax.__version__}, fastclip {fc.__version__} ({fc.isa()})")
     for name, shapes in [
         ("64M f32", [(1 << 26,)]),
-        ("GPT-2 small f32", bench.gpt2_small_shapes()),
-        ("ResNet-50 f32", bench.resnet50_shapes()),
+        ("GPT-2 small f32", gpt2_small_shapes()),
+        ("ResNet-50 f32", resnet50_shapes()),
     ]:
         print(compare(name, shapes), flush=True)
 

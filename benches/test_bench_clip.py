@@ -6,7 +6,7 @@ Not part of the normal test run (pytest's testpaths is ``tests``). Run it with::
     pytest benches -q --benchmark-only --benchmark-group-by=group
     FASTCLIP_BENCH_SCALE=0.05 pytest benches ...   # smaller workloads, quick
 
-The workloads and implementations are those of ``python -m fastclip bench`` (``fastclip.bench``).
+The workloads and implementations are those of ``python -m fastclip bench`` (``fastclip._bench``).
 """
 
 from __future__ import annotations
@@ -17,23 +17,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fastclip import bench
+from fastclip._bench.peers import OPS, Shrinking, implementations, sumsq_numpy, torch_module
+from fastclip._bench.workloads import make_arrays, workloads
 
 SCALE = float(os.environ.get("FASTCLIP_BENCH_SCALE", "1"))
-WORKLOADS = {name: (dtype, shapes) for name, dtype, shapes in bench.workloads(SCALE)}
-OPS = ("global", "per-tensor", "value")
+WORKLOADS = {name: (dtype, shapes) for name, dtype, shapes in workloads(SCALE)}
+IMPLS: dict[str, dict[str, Any]] = implementations(torch_module())
 
-_torch = bench._torch()
-IMPLS: dict[str, dict[str, Any]] = {
-    "fastclip": {
-        "global": bench.fastclip_global,
-        "per-tensor": bench.fastclip_per_tensor,
-        "value": bench.fastclip_value,
-    },
-    "numpy": {"global": bench.numpy_global, "per-tensor": bench.numpy_per_tensor, "value": bench.numpy_value},
-}
-if _torch is not None:
-    IMPLS["torch"] = bench.torch_impls(_torch)
 
 _current: dict[str, list[np.ndarray]] = {}
 
@@ -43,7 +33,7 @@ def arrays_for(name: str) -> list[np.ndarray]:
     if name not in _current:
         _current.clear()
         dtype, shapes = WORKLOADS[name]
-        _current[name] = bench.make_arrays(dtype, shapes)
+        _current[name] = make_arrays(dtype, shapes)
     return _current[name]
 
 
@@ -58,7 +48,7 @@ def test_clip(benchmark: Any, workload: str, op: str, impl: str) -> None:
     if op == "value":
         benchmark.pedantic(IMPLS[impl][op], args=(gs, 1.0), rounds=7, warmup_rounds=1)
         return
-    per = [math.sqrt(bench._sumsq_numpy(g)) for g in gs]
-    thr = bench.Shrinking(min(per) if op == "per-tensor" else math.sqrt(sum(p * p for p in per)))
+    per = [math.sqrt(sumsq_numpy(g)) for g in gs]
+    thr = Shrinking(min(per) if op == "per-tensor" else math.sqrt(sum(p * p for p in per)))
     f = IMPLS[impl][op]
     benchmark.pedantic(lambda: f(gs, thr.next()), rounds=7, warmup_rounds=1)

@@ -1,4 +1,4 @@
-"""The CUDA path (fastclip._cuda).
+"""The CUDA path (the fastclip._cuda package).
 
 Two parts:
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -26,10 +28,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 from fastclip import _cuda, _fastclip
+from fastclip._cuda import buffers, kernels, partials, rounding
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-CODES = {np.dtype(np.float32): _cuda.F32, np.dtype(np.float64): _cuda.F64, np.dtype(np.float16): _cuda.F16,
-         BF16: _cuda.BF16}  # fmt: skip
+CODES = {np.dtype(np.float32): kernels.F32, np.dtype(np.float64): kernels.F64, np.dtype(np.float16): kernels.F16,
+         BF16: kernels.BF16}  # fmt: skip
 
 
 def _gpu_count() -> int:
@@ -64,7 +67,11 @@ def _ref_norm(arrays: list[np.ndarray], p: float) -> float:
 
 
 def test_importing_the_module_does_not_import_cupy() -> None:
-    code = "import sys, fastclip._cuda as c; assert c.KERNEL_SOURCE; assert 'cupy' not in sys.modules"
+    code = (
+        "import sys, fastclip._cuda as c; from fastclip._cuda import kernels; "
+        "assert 'fastclip_apply' in kernels.source(); assert c.norms([]) == ([], 0.0); "
+        "assert 'cupy' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -75,16 +82,16 @@ def test_missing_cupy_is_an_import_error_with_the_install_line(monkeypatch: pyte
 
 
 def test_block_table_small_example() -> None:
-    t = _cuda.block_table([5, 0, 2, 8], chunk=4)
+    t = partials.block_table([5, 0, 2, 8], chunk=4)
     assert t.block_tensor.tolist() == [0, 0, 2, 3, 3]
     assert t.block_start.tolist() == [0, 4, 0, 0, 4]
     assert t.first_block.tolist() == [0, 2, 2, 3]
     assert t.nblocks.tolist() == [2, 0, 1, 2]
-    assert len(_cuda.block_table([])) == 0 and len(_cuda.block_table([0, 0])) == 0
+    assert len(partials.block_table([])) == 0 and len(partials.block_table([0, 0])) == 0
     with pytest.raises(ValueError):
-        _cuda.block_table([1], chunk=0)
+        partials.block_table([1], chunk=0)
     with pytest.raises(ValueError):
-        _cuda.block_table([-1])
+        partials.block_table([-1])
 
 
 def test_block_table_covers_every_element_once() -> None:
@@ -92,7 +99,7 @@ def test_block_table_covers_every_element_once() -> None:
     for _ in range(20):
         sizes = rng.integers(0, 50, size=rng.integers(1, 12)).tolist()
         chunk = int(rng.integers(1, 9))
-        t = _cuda.block_table(sizes, chunk)
+        t = partials.block_table(sizes, chunk)
         seen: list[set[int]] = [set() for _ in sizes]
         for b in range(len(t)):
             k, s = int(t.block_tensor[b]), int(t.block_start[b])
@@ -119,7 +126,7 @@ class KernelStandIn:
         for b in range(len(table)):
             k = int(table.block_tensor[b])
             s = int(table.block_start[b])
-            v = self.flat[idx[k]][s : s + _cuda.CHUNK]
+            v = self.flat[idx[k]][s : s + kernels.CUDA_BLOCK_ELEMS]
             with np.errstate(over="ignore", under="ignore"):  # overflow is what the kernel sees too
                 w = v * s1[k] * s2[k]
                 sums[b] = {0: w.sum(), 1: (w * w).sum(), 2: (w**self.p).sum(), 3: 0.0}[mode]
@@ -142,7 +149,7 @@ def _arrays(dtype: Any) -> list[np.ndarray]:
 def test_compute_norms_matches_float64_reference(dtype: Any, p: float) -> None:
     arrays = _arrays(dtype)
     k = KernelStandIn(arrays, p)
-    per, total = _cuda.compute_norms([a.size for a in arrays], p, k)
+    per, total = partials.compute_norms([a.size for a in arrays], p, k)
     assert total == pytest.approx(_ref_norm(arrays, p), rel=1e-12)
     for a, n in zip(arrays, per):
         assert n == pytest.approx(_ref_norm([a], p), rel=1e-12, abs=0)
@@ -159,14 +166,14 @@ def test_out_of_range_float64_sums_are_redone_scaled(scale: float, p: float) -> 
     extreme = np.array([3.0, 4.0, 0.0, 12.0]) * scale
     arrays = [normal, extreme]
     k = KernelStandIn(arrays, p)
-    per, total = _cuda.compute_norms([2, 4], p, k)
+    per, total = partials.compute_norms([2, 4], p, k)
     want = _ref_norm([extreme], p)
     assert per[1] == pytest.approx(want, rel=1e-12)
     assert per[0] == pytest.approx(_ref_norm([normal], p), rel=1e-15)
     assert total == pytest.approx(_ref_norm(arrays, p), rel=1e-12)
     with np.errstate(over="ignore", under="ignore"):
         plain = float(np.sum(np.abs(extreme) ** p))
-    out_of_range = not (math.isfinite(plain) and plain >= _cuda.SAFE_MIN)
+    out_of_range = not (math.isfinite(plain) and plain >= partials.SAFE_MIN)
     # a second launch only where the plain sum is out of range, and only over that tensor
     assert k.launches == ([[0, 1], [1]] if out_of_range else [[0, 1]])
     assert total == pytest.approx(_fastclip.norms(arrays, p, False)[1], rel=1e-12)
@@ -175,7 +182,7 @@ def test_out_of_range_float64_sums_are_redone_scaled(scale: float, p: float) -> 
 def test_large_p_on_float32_is_redone_scaled() -> None:
     a = np.array([3e37, 4e37], dtype=np.float32)
     k = KernelStandIn([a], 12.0)
-    _, total = _cuda.compute_norms([2], 12.0, k)
+    _, total = partials.compute_norms([2], 12.0, k)
     assert total == pytest.approx(_ref_norm([a], 12.0), rel=1e-12)
     assert len(k.launches) == 2
 
@@ -189,7 +196,7 @@ def test_nan_and_inf_semantics(p: float) -> None:
         ([np.zeros(3), np.zeros(0)], 0.0),
     ]
     for arrays, want in cases:
-        _, total = _cuda.compute_norms([a.size for a in arrays], p, KernelStandIn(arrays, p))
+        _, total = partials.compute_norms([a.size for a in arrays], p, KernelStandIn(arrays, p))
         cpu = _fastclip.norms(arrays, p, False)[1]
         if math.isnan(want):
             assert math.isnan(total) and math.isnan(cpu)
@@ -198,19 +205,19 @@ def test_nan_and_inf_semantics(p: float) -> None:
 
 
 def test_total_of_does_not_overflow_or_underflow() -> None:
-    assert _cuda.total_of([1e300, 1e300], 2.0) == pytest.approx(math.sqrt(2) * 1e300, rel=1e-15)
-    assert _cuda.total_of([3e-300, 4e-300], 2.0) == pytest.approx(5e-300, rel=1e-15)
-    assert _cuda.total_of([1e308, 1e308], 2.0) == pytest.approx(math.sqrt(2) * 1e308, rel=1e-15)
-    assert _cuda.total_of([1e308, 1e308], 1.0) == math.inf  # the true 1-norm overflows
-    assert _cuda.total_of([], 2.0) == 0.0
-    assert _cuda.total_of([0.0, 0.0], 3.0) == 0.0
-    assert math.isnan(_cuda.total_of([math.inf, math.nan], 2.0))
-    assert _cuda.total_of([1.0, 5.0, 2.0], math.inf) == 5.0
+    assert partials.total_of([1e300, 1e300], 2.0) == pytest.approx(math.sqrt(2) * 1e300, rel=1e-15)
+    assert partials.total_of([3e-300, 4e-300], 2.0) == pytest.approx(5e-300, rel=1e-15)
+    assert partials.total_of([1e308, 1e308], 2.0) == pytest.approx(math.sqrt(2) * 1e308, rel=1e-15)
+    assert partials.total_of([1e308, 1e308], 1.0) == math.inf  # the true 1-norm overflows
+    assert partials.total_of([], 2.0) == 0.0
+    assert partials.total_of([0.0, 0.0], 3.0) == 0.0
+    assert math.isnan(partials.total_of([math.inf, math.nan], 2.0))
+    assert partials.total_of([1.0, 5.0, 2.0], math.inf) == 5.0
 
 
 def test_rescale_factors_map_the_max_to_one_without_overflow() -> None:
     for m in [5e-324, 2.2e-308, 1e-200, 0.75, 1.0, 3.0, 1e200, 1.7976931348623157e308]:
-        scale, s1, s2 = _cuda.rescale_factors(m)
+        scale, s1, s2 = partials.rescale_factors(m)
         assert scale == m
         assert math.frexp(s1)[0] == 0.5  # a power of two
         assert math.isfinite(s1) and math.isfinite(s2) and s1 > 0 and s2 > 0
@@ -227,7 +234,7 @@ def test_huge_p_is_not_underflowed_away() -> None:
         maxes = [float(np.abs(data[i]).max()) for i in idx]
         return np.array(sums), np.array(maxes)
 
-    per, total = _cuda.compute_norms(sizes, 1100.0, launch)
+    per, total = partials.compute_norms(sizes, 1100.0, launch)
     assert per == [0.5] and total == 0.5
 
 
@@ -236,32 +243,32 @@ def test_check_disjoint_names_callers_positions() -> None:
     addr = base.__array_interface__["data"][0]
 
     def span(a: np.ndarray) -> tuple[int, int]:
-        return _cuda.byte_span(a.__array_interface__["data"][0], a.shape, a.strides, a.itemsize)
+        return buffers.byte_span(a.__array_interface__["data"][0], a.shape, a.strides, a.itemsize)
 
     parts = [base[:10], base[10:20], base[50:], base[20:20]]
-    _cuda.check_disjoint([span(a) for a in parts], "grads", [0, 2, 5, 6])  # disjoint (empty one too)
+    buffers.check_disjoint([span(a) for a in parts], "grads", [0, 2, 5, 6])  # disjoint (empty one too)
     assert span(base[:10]) == (addr, addr + 80)
     assert span(base[::-1]) == (addr, addr + 800)
     assert span(base.reshape(10, 10).T) == (addr, addr + 800)
     with pytest.raises(ValueError, match=r"grads\[2\] and grads\[7\] share memory"):
-        _cuda.check_disjoint([span(base[:10]), span(base[5:15]), span(base[60:])], "grads", [2, 7, 9])
+        buffers.check_disjoint([span(base[:10]), span(base[5:15]), span(base[60:])], "grads", [2, 7, 9])
     with pytest.raises(ValueError, match=r"g\[0\] and g\[2\] share memory"):
-        _cuda.check_disjoint([span(base[:50]), span(base[60:]), span(base[40:45])], "g", [0, 1, 2])
+        buffers.check_disjoint([span(base[:50]), span(base[60:]), span(base[40:45])], "g", [0, 1, 2])
 
 
 def test_factor_and_bounds_rounding_follow_the_cpu_contract() -> None:
-    assert _cuda.round_factor(0.1, _cuda.F64) == 0.1
-    for code in (_cuda.F32, _cuda.F16, _cuda.BF16):
-        assert _cuda.round_factor(0.1, code) == float(np.float32(0.1))
-        assert _cuda.round_factor(1e300, code) == math.inf
+    assert rounding.round_factor(0.1, kernels.F64) == 0.1
+    for code in (kernels.F32, kernels.F16, kernels.BF16):
+        assert rounding.round_factor(0.1, code) == float(np.float32(0.1))
+        assert rounding.round_factor(1e300, code) == math.inf
     for v in (0.1, 1 / 3, 1e-3, 65504.7, 1e5, 1e-8):
         with np.errstate(over="ignore"):  # 1e5 is inf in float16
             b16 = float(np.float16(v))
             b = float(np.asarray(v).astype(BF16).astype(np.float64))
-        assert _cuda.dtype_bounds(-v, v, _cuda.F64) == (-v, v)
-        assert _cuda.dtype_bounds(-v, v, _cuda.F32) == (float(np.float32(-v)), float(np.float32(v)))
-        assert _cuda.dtype_bounds(-v, v, _cuda.F16) == (-b16, b16)
-        assert _cuda.dtype_bounds(-v, v, _cuda.BF16) == (-b, b)
+        assert rounding.dtype_bounds(-v, v, kernels.F64) == (-v, v)
+        assert rounding.dtype_bounds(-v, v, kernels.F32) == (float(np.float32(-v)), float(np.float32(v)))
+        assert rounding.dtype_bounds(-v, v, kernels.F16) == (-b16, b16)
+        assert rounding.dtype_bounds(-v, v, kernels.BF16) == (-b, b)
 
 
 def test_argument_checks_need_no_gpu() -> None:
@@ -273,6 +280,44 @@ def test_argument_checks_need_no_gpu() -> None:
         _cuda.clamp_([], 1.0, -1.0)
     assert _cuda.norms([], 2.0) == ([], 0.0)
     _cuda.scale_([], 0.5)  # nothing to do
+
+
+def test_kernel_enums_match_the_host_constants() -> None:
+    # kernels.cu spells the dtype codes, norm modes and apply ops as enums; kernels.py mirrors them.
+    src = kernels.source()
+    enums = {}
+    for body in re.findall(r"enum\s+fc_\w+\s*\{([^}]*)\}", src):
+        for name, value in re.findall(r"FC_(\w+)\s*=\s*(\d+)", body):
+            enums[name] = int(value)
+    host = {name: getattr(kernels, name) for name in ("F32", "F64", "F16", "BF16", "MODE_P1", "MODE_P2", "MODE_P",
+                                                      "MODE_MAX", "OP_SCALE", "OP_CLAMP")}  # fmt: skip
+    assert enums == host
+    assert len(set(enums[n] for n in ("F32", "F64", "F16", "BF16"))) == 4
+    # the block size reaches the kernels only through -DFC_THREADS (no second copy in the source)
+    assert "#error" in src and f"-DFC_THREADS={kernels.THREADS}" in kernels.compile_options()
+    assert kernels.THREADS & (kernels.THREADS - 1) == 0  # the shared-memory tree needs a power of two
+    assert "CHUNK" not in vars(kernels) and "CHUNK" not in vars(partials)  # not the CPU engine's CHUNK
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rust/src/kernels/reduce.rs spells SAFE_MIN as 1.1754943508222875e-271, which is not the 2^-900 "
+    "(1.1830521861667747e-271) its comment and the CUDA path use; fixing the Rust literal (or exporting the "
+    "constant from the extension) makes this pass, and then the xfail must go",
+)
+def test_safe_min_is_the_cpu_kernels_threshold() -> None:
+    reduce_rs = Path(__file__).resolve().parent.parent / "rust" / "src" / "kernels" / "reduce.rs"
+    if not reduce_rs.is_file():
+        pytest.skip("needs the Rust source tree")
+    m = re.search(r"const SAFE_MIN: f64 = ([0-9.eE+-]+);", reduce_rs.read_text())
+    assert m is not None, "SAFE_MIN not found in rust/src/kernels/reduce.rs"
+    assert float(m.group(1)) == partials.SAFE_MIN == 2.0**-900
+
+
+def test_the_kernel_source_ships_inside_the_package() -> None:
+    cu = Path(kernels.__file__).with_name(kernels.SOURCE_FILE)
+    assert cu.is_file() and cu.read_text(encoding="utf-8") == kernels.source()
+    assert ".entry" not in kernels.source() and "fastclip_norm_partials" in kernels.source()
 
 
 def _nvrtc() -> Any:
@@ -290,15 +335,19 @@ def test_kernel_source_compiles_with_nvrtc() -> None:
     nvrtc = _nvrtc()
     major = nvrtc.getVersion()[0]
     arch = "compute_90" if major >= 12 else "compute_80"
-    prog = nvrtc.createProgram(_cuda.KERNEL_SOURCE, "fastclip.cu", [], [])
+    prog = nvrtc.createProgram(kernels.source(), "kernels.cu", [], [])
     try:
-        nvrtc.compileProgram(prog, [f"-arch={arch}"])
+        nvrtc.compileProgram(prog, [f"-arch={arch}", *kernels.compile_options()])
     except Exception:
         pytest.fail(nvrtc.getProgramLog(prog))
     ptx = nvrtc.getPTX(prog)
     ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
     assert ".entry fastclip_norm_partials" in ptx and ".entry fastclip_apply" in ptx
     assert "cvt.rn.f16.f32" in ptx
+    bare = nvrtc.createProgram(kernels.source(), "kernels.cu", [], [])
+    with pytest.raises(Exception):  # noqa: B017 - NVRTC raises its own error type
+        nvrtc.compileProgram(bare, [f"-arch={arch}"])  # no -DFC_THREADS: the #error fires
+    assert "FC_THREADS" in nvrtc.getProgramLog(bare)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,3 +499,24 @@ def test_gpu_check_rejects_bad_arguments() -> None:
     for args in (["--iters", "0"], ["--iters", "x"], ["--nope"]):
         r = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and "gpu_check:" in r.stderr
+
+
+def test_gpu_check_uses_the_benchmark_shapes_and_needs_no_extension_for_a_dry_run() -> None:
+    script = SCRIPT.with_suffix(".py")
+    code = (
+        "import runpy, sys\n"
+        f"g = runpy.run_path({str(script)!r})\n"
+        "assert g['main'](['--dry-run']) == 0\n"
+        "assert not any(m == 'fastclip' or m.startswith('fastclip.') for m in sys.modules), 'imported fastclip'\n"
+        "print(len(g['gpt2_small_shapes']()))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "148"
+    from fastclip._bench.workloads import gpt2_small_shapes
+
+    g = runpy.run_path(str(script))
+    assert g["gpt2_small_shapes"]() == gpt2_small_shapes()  # one definition, not a copy
+    rows = [{"dtype": "float32", "tensors": 2, "elements": 10, "fastclip_ms": 0.5, "torch_ms": 2.0, "rel_diff": 1e-9}]
+    lines = g["table"](rows).splitlines()
+    assert lines[2].split() == ["float32", "2", "10", "0.500", "2.000", "4.00x", "1.0e-09"]
