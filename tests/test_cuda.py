@@ -299,12 +299,6 @@ def test_kernel_enums_match_the_host_constants() -> None:
     assert "CHUNK" not in vars(kernels) and "CHUNK" not in vars(partials)  # not the CPU engine's CHUNK
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rust/src/kernels/reduce.rs spells SAFE_MIN as 1.1754943508222875e-271, which is not the 2^-900 "
-    "(1.1830521861667747e-271) its comment and the CUDA path use; fixing the Rust literal (or exporting the "
-    "constant from the extension) makes this pass, and then the xfail must go",
-)
 def test_safe_min_is_the_cpu_kernels_threshold() -> None:
     reduce_rs = Path(__file__).resolve().parent.parent / "rust" / "src" / "kernels" / "reduce.rs"
     if not reduce_rs.is_file():

@@ -21,7 +21,7 @@ use crate::isa::{Isa, dispatch};
 const LANES: usize = 16;
 
 /// A fast sum below this (2^-900) may have lost terms to underflow: redo it scaled.
-const SAFE_MIN: f64 = 1.1754943508222875e-271; // 2^-900
+const SAFE_MIN: f64 = 1.1830521861667747e-271; // 2^-900
 
 /// Which norm: `P(p)` for sum |x|^p (p > 0, finite), `Inf` for max |x|.
 #[derive(Clone, Copy, Debug, PartialEq)]
