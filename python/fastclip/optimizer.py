@@ -80,6 +80,12 @@ _OWN_CLIPS = (ClipGradByValue, ClipGradByNorm, ClipGradByGlobalNorm)
 Validator = Callable[[Any, str], Any]
 
 
+def _is_planned(clip: Any) -> bool:
+    """Whether ``clip`` follows the two-phase protocol of :mod:`fastclip.skip` (``prepare`` reads
+    and decides, ``plan.apply()`` writes): the adaptive clippers and the skip policies."""
+    return clip is not None and callable(getattr(clip, "prepare", None))
+
+
 def _clips_in_place(clip: Any) -> bool:
     """Whether ``clip`` is one of fastclip's classes (not a subclass, which may override any of
     their methods): it clips the grads in place and cannot fail once the planning checks passed."""
@@ -232,6 +238,10 @@ class Optimizer:
         self._hyper = checked
         #: Per-parameter state, keyed by id(param); the param is kept so the id stays valid.
         self._state: dict[int, tuple[Any, dict[str, Any]]] = {}
+        #: Steps not taken because a skip policy (``fastclip.SkipNonFinite``, ``SkipAbove``) said so.
+        self.skipped_steps = 0
+        #: Whether the last ``step()`` was skipped by a skip policy (nothing was written then).
+        self.last_step_skipped = False
         #: (id(group), dtype) pairs whose settings were checked as applied in that dtype.
         self._applied_ok: set[tuple[int, np.dtype]] = set()
         #: The byte bounds of the last step's arrays (see :func:`fastclip._checks.first_overlap`).
@@ -408,13 +418,34 @@ class Optimizer:
         done: set[Any] = set()
         plans = [self._plan(group, done) for group in self._groups]
         self._check_memory(plans)
-        if any(pl.entries and pl.group.grad_clip is not None and not pl.in_place for pl in plans):
+        # Two-phase clippers (adaptive, skip policies): every group's decision is read first.
+        decided = [
+            (pl, pl.group.grad_clip.prepare([(e.param, e.grad) for e in pl.entries]))  # type: ignore[union-attr]
+            for pl in plans
+            if pl.entries and _is_planned(pl.group.grad_clip)
+        ]
+        if any(cp.skip for _, cp in decided):
+            # The step is not taken: only the skip policies' counters advance; no grad, value,
+            # state or step count changes.
+            for _, cp in decided:
+                if cp.skip:
+                    cp.apply()
+                else:
+                    cp.discard()
+            self.skipped_steps += 1
+            self.last_step_skipped = True
+            return
+        if any(pl.entries and pl.group.grad_clip is not None and not pl.in_place and not _is_planned(pl.group.grad_clip)
+               for pl in plans):
             self._run_user_clips(plans, done)
         # Nothing below can fail: every condition the clips and the kernels check was checked.
         for pl in plans:
             if pl.entries and pl.in_place:
                 assert pl.group.grad_clip is not None
                 pl.group.grad_clip([(e.param, e.grad) for e in pl.entries])
+        for _, cp in decided:
+            cp.apply()  # in place on the same grads; commits the clippers' statistics
+        self.last_step_skipped = False
         for pl in plans:
             if not pl.entries:
                 continue
@@ -521,7 +552,11 @@ class Optimizer:
         """Run the clips that are not fastclip's own, before any other buffer is touched; check
         what they return as the step's input is checked. If one raises or returns something bad,
         every grad they were given is put back as it was (from a copy), and the error propagates."""
-        users = [pl for pl in plans if pl.entries and pl.group.grad_clip is not None and not pl.in_place]
+        users = [
+            pl
+            for pl in plans
+            if pl.entries and pl.group.grad_clip is not None and not pl.in_place and not _is_planned(pl.group.grad_clip)
+        ]
         saved = [(e.grad, e.grad.copy()) for pl in users for e in pl.entries if e.grad.flags.writeable]
         clips = {id(pl.group.grad_clip): pl.group.grad_clip for pl in plans if pl.group.grad_clip is not None}
         stats = [(c, c.last_stats) for c in clips.values() if hasattr(c, "last_stats")]
