@@ -29,10 +29,10 @@ from typing import Any
 import fastclip as fc
 import numpy as np
 import pytest
-from conftest import same_bits
 from fastclip.adaptive import Window
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from refs import same_bits
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "adaptive_golden.json").read_text())
 META = GOLDEN["meta"]
@@ -743,7 +743,7 @@ def test_agc_strided_and_contiguous_paths_agree(dtype: str) -> None:
 
 def test_clip_accepts_every_grads_form() -> None:
     """clip_: arrays, a generator, objects with .grad, DLPack producers, a module with parameters()."""
-    from conftest import DLPackProducer
+    from refs import DLPackProducer
 
     class Module:
         def __init__(self, params: list[Any]) -> None:

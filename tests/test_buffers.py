@@ -10,9 +10,9 @@ from typing import Any
 import fastclip as fc
 import numpy as np
 import pytest
-from conftest import DLPackProducer
 from fastclip import _buffers, _fastclip
 from fastclip._buffers import collect
+from refs import DLPackProducer
 
 
 class Param:

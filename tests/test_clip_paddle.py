@@ -27,11 +27,11 @@ import fastclip as fc
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import DLPackProducer
 from fastclip.clip import ClipStats
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from refs import DLPackProducer
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "paddle_golden.json").read_text())
 CASES = {c["id"]: c for c in GOLDEN["cases"]}

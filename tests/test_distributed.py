@@ -26,11 +26,11 @@ from typing import Any
 import fastclip as fc
 import numpy as np
 import pytest
-from conftest import exact_l2, ref_norm, same_bits
 from fastclip import distributed
 from fastclip.distributed import FIELDS, as_communicator, combine_norms
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from refs import exact_l2, ref_norm, same_bits
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -13,7 +13,7 @@ import fastclip as fc
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import DLPackProducer as Producer
+from refs import DLPackProducer as Producer
 
 
 def _ref_norm(arrays: list[np.ndarray], p: float) -> float:

@@ -14,8 +14,8 @@ from typing import Any
 import fastclip as fc
 import numpy as np
 import pytest
-from conftest import FLOAT_DTYPES, Param, dtype_id, same_bits
 from fastclip import _fastclip
+from refs import FLOAT_DTYPES, Param, dtype_id, same_bits
 
 BIG = _fastclip.PARALLEL_MIN + 1000  # first arrays large enough for rayon
 

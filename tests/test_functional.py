@@ -8,7 +8,8 @@ import math
 import fastclip as fc
 import numpy as np
 import pytest
-from conftest import (
+from fastclip import _fastclip
+from refs import (
     BF16,
     EPS,
     FLOAT_DTYPES,
@@ -26,7 +27,6 @@ from conftest import (
     scaled_ref,
     torch_coef,
 )
-from fastclip import _fastclip
 
 NORM_TYPES = [1, 2, 3, 0.5, 1.5, math.inf, "inf"]
 

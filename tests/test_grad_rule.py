@@ -6,7 +6,7 @@ attribute shapes (no framework needed: these run in ``make test``).
 2. an item whose ``.grad`` is None contributes nothing if it is a parameter or requires grad;
 3. only a plain array or tensor is itself the buffer.
 
-References are independent of fastclip: ``conftest.ref_norm`` (float64, fsum), ``torch_coef``,
+References are independent of fastclip: ``refs.ref_norm`` (float64, fsum), ``torch_coef``,
 ``scaled_ref`` and ``clamp_ref``. Every weight an item does not contribute must be bit-identical
 after the call. The torch and Paddle rows, against their own functions, are in
 ``test_dlpack.py`` / ``test_torch_grad_rule.py`` and ``test_paddle_interop.py``.
@@ -22,7 +22,7 @@ from typing import Any
 import fastclip as fc
 import numpy as np
 import pytest
-from conftest import DLPackProducer, Param, clamp_ref, ref_norm, same_bits, scaled_ref, torch_coef
+from refs import DLPackProducer, Param, clamp_ref, ref_norm, same_bits, scaled_ref, torch_coef
 
 MAX_NORM = 0.5
 CLIP_VALUE = 0.3

@@ -14,8 +14,8 @@ import fastclip as fc
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import round_once
 from fastclip import _fastclip
+from refs import round_once
 
 HALF = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
 

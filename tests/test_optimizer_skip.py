@@ -3,10 +3,9 @@ and the decision is taken for every group before any group is clipped or updated
 
 from __future__ import annotations
 
+import fastclip as fc
 import numpy as np
 import pytest
-
-import fastclip as fc
 
 OPTIMIZERS = [
     lambda ps, clip: fc.optimizer.SGD(0.1, parameters=ps, grad_clip=clip),
@@ -17,7 +16,8 @@ OPTIMIZERS = [
 
 
 def _params(rng, dtype=np.float32):
-    ps = [fc.Parameter(rng.standard_normal(s).astype(dtype), name=f"p{i}") for i, s in enumerate([(4, 3), (5,), (2, 2)])]
+    shapes = [(4, 3), (5,), (2, 2)]
+    ps = [fc.Parameter(rng.standard_normal(s).astype(dtype), name=f"p{i}") for i, s in enumerate(shapes)]
     for p in ps:
         p.grad = rng.standard_normal(p.shape).astype(dtype)
     return ps

@@ -14,7 +14,7 @@ import fastclip as fc
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import ref_norm, same_bits, scaled_ref, torch_coef
+from refs import ref_norm, same_bits, scaled_ref, torch_coef
 
 paddle = pytest.importorskip("paddle")
 

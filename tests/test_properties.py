@@ -1,5 +1,5 @@
 """Hypothesis properties over random shapes, dtypes, layouts and values (huge, tiny, subnormal, and
-sometimes NaN/inf), each against an independent reference from ``conftest``."""
+sometimes NaN/inf), each against an independent reference from ``refs``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import math
 import fastclip as fc
 import ml_dtypes
 import numpy as np
-from conftest import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from refs import (
     BF16,
     FLOAT_DTYPES,
     assert_rel,
@@ -19,9 +22,6 @@ from conftest import (
     scaled_ref,
     torch_coef,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 SETTINGS = settings(
     max_examples=120,

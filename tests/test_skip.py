@@ -18,10 +18,10 @@ import fastclip as fc
 import fastclip._fastclip as ext
 import numpy as np
 import pytest
-from conftest import same_bits
 from fastclip.skip import ClipPlan, plan_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from refs import same_bits
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "adaptive_golden.json").read_text())
 META = GOLDEN["meta"]

@@ -1,9 +1,9 @@
 """Distributed cases, run on every rank of a real group (mpiexec, torch.distributed) or of the test
 suite's threads: each rank builds the whole data set from one seed, takes its own shard, calls
 fastclip with ``group=``, and checks its result against a single-process float64 reference of the
-concatenated shards (``conftest.ref_norm``, independent of fastclip) and against the
+concatenated shards (``refs.ref_norm``, independent of fastclip) and against the
 single-process fastclip norm (within 1e-15 relative), and that every rank has the bitwise same
-total. In-place results are checked on every rank against ``conftest.scaled_ref``.
+total. In-place results are checked on every rank against ``refs.scaled_ref``.
 
 ``run_all(group, comm)`` returns the list of failures on this rank (an empty list: all passed);
 ``comm`` is the :class:`fastclip.distributed.Communicator` the checks use to compare ranks.
@@ -26,9 +26,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 import fastclip as fc
-from conftest import FLOAT_DTYPES, ref_norm, same_bits, scaled_ref, torch_coef
 from fastclip import _fastclip
 from fastclip.distributed import as_communicator
+from refs import FLOAT_DTYPES, ref_norm, same_bits, scaled_ref, torch_coef
 
 #: The distributed total must match the single-process fastclip norm of the concatenation this closely.
 REL_SINGLE = 1e-15
