@@ -100,7 +100,11 @@ def test_argument_errors_are_the_same_on_both_backends(backend: str) -> None:
 def _modules() -> list[ModuleType]:
     mods = [fastclip]
     for info in pkgutil.walk_packages(fastclip.__path__, "fastclip."):
-        mods.append(importlib.import_module(info.name))
+        try:
+            mods.append(importlib.import_module(info.name))
+        except ImportError as e:  # an adapter for an optional stack that is not installed
+            if (e.name or "").split(".")[0] not in {"torch", "cupy", "mpi4py", "paddle", "matplotlib"}:
+                raise
     return mods
 
 

@@ -74,7 +74,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from ._frameworks import Export, inspect, is_parameter, is_torch_tensor, requires_grad
+from ._frameworks import Export, exportable, inspect, is_parameter, is_torch_tensor, requires_grad
 
 __all__ = ["CPU", "CUDA", "Collected", "collect", "device_kind", "exportable", "is_torch_tensor"]
 
@@ -266,13 +266,6 @@ def _buffer_of(obj: Any, name: str, pos: int) -> Any:
     if is_parameter(obj) or requires_grad(obj):
         return None  # rule 2
     return obj  # rule 3
-
-
-def exportable(obj: Any) -> tuple[Any, bool]:
-    """``(producer, is_bf16_bits)``: what to hand to a DLPack consumer for ``obj`` (see
-    :func:`fastclip._frameworks.inspect`; ``obj`` has been inspected with its position before)."""
-    e = inspect(obj)
-    return e.producer, e.bits
 
 
 def _numpy_view(e: Export, name: str, pos: int) -> np.ndarray:

@@ -44,6 +44,7 @@ from typing import Any
 __all__ = [
     "DTENSOR_HINT",
     "Export",
+    "exportable",
     "inspect",
     "is_dtensor",
     "is_paddle_tensor",
@@ -139,6 +140,13 @@ def inspect(obj: Any, name: str = "grads", pos: int = 0) -> Export:
     if is_paddle_tensor(obj):
         return _paddle_export(obj, f"{name}[{pos}]")
     return Export(obj)
+
+
+def exportable(obj: Any) -> tuple[Any, bool]:
+    """``(producer, is_bf16_bits)``: what to hand to a DLPack consumer for ``obj`` (see
+    :func:`inspect`; ``obj`` has been inspected with its position before)."""
+    e = inspect(obj)
+    return e.producer, e.bits
 
 
 def _torch_dispatch_subclass(torch: Any, t: Any) -> str | None:

@@ -163,7 +163,8 @@ def clip_grad_norm_(
     if not c.arrays:
         return 0.0
     if c.device == CPU:
-        return _fastclip.norm_scale_(c.arrays, p, coefficient, "grads", c.positions)
+        # c.ops: the extension, or its guard when a buffer must not be written (an inference tensor)
+        return float(c.ops.norm_scale_(c.arrays, p, coefficient, "grads", c.positions))
     total = _total_norm(c, p, error_if_nonfinite=False)
     c.ops.scale_(c.arrays, coefficient(total), "grads", c.positions)
     return total

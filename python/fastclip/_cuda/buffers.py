@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._buffers import exportable
+from .._frameworks import exportable
 from .kernels import BF16, F16, F32, F64
 from .streams import cupy, stream_for
 

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from .._buffers import is_torch_tensor
+from .._frameworks import is_torch_tensor
 
 __all__ = ["INSTALL_HINT", "cupy", "stream_for"]
 
