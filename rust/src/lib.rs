@@ -5,6 +5,7 @@
 //! - [`kernels`]: pure per-slice kernels (reductions, scale, clamp) with one generic body each,
 //!   compiled once per ISA and chosen at run time ([`isa`]);
 //! - [`multi`]: the multi-tensor engine, the only place that decides threading;
+//! - [`pool`]: which rayon pool runs a parallel call (fork-aware; none where threads cannot start);
 //! - [`strided`]: gather/scatter for non-contiguous buffers;
 //! - `python` (feature `python`): the thin PyO3 binding. Nothing above it knows Python.
 
@@ -14,6 +15,7 @@ pub mod isa;
 pub mod kernels;
 pub mod multi;
 pub mod optim;
+pub mod pool;
 pub mod strided;
 
 #[cfg(feature = "python")]
