@@ -51,6 +51,8 @@ use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
+use pyo3::{Borrowed, ffi};
+use std::ptr::NonNull;
 
 use crate::claims;
 use crate::kernels::{NormType, Partial};
@@ -353,7 +355,8 @@ fn guard<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
     })
 }
 
-fn dtype_of(arr: &Bound<'_, PyUntypedArray>, name: &str, i: usize) -> PyResult<DType> {
+/// The array's dtype, and NumPy's type number of it.
+fn dtype_of(arr: &Bound<'_, PyUntypedArray>, name: &str, i: usize) -> PyResult<(DType, i32)> {
     let d = arr.dtype();
     if d.is_native_byteorder() == Some(false) {
         return Err(PyTypeError::new_err(format!(
@@ -379,7 +382,7 @@ fn dtype_of(arr: &Bound<'_, PyUntypedArray>, name: &str, i: usize) -> PyResult<D
             "{name}[{i}] has dtype {d}; fastclip works on float16, bfloat16 (ml_dtypes), float32 and float64 gradients"
         )));
     };
-    Ok(dtype)
+    Ok((dtype, num))
 }
 
 pyo3::create_exception!(
@@ -405,57 +408,89 @@ enum Need {
     Fused,
 }
 
-/// The checked arrays of one list, and what keeps them alive: two strong references to each
-/// (`pins[2 * i]` and `pins[2 * i + 1]` are array `i`; two, so that NumPy's `resize` refcheck
-/// refuses even an array the caller holds only through a temporary — see the module doc).
-/// Dropped with the GIL held; its lists go back to this thread's spares.
-struct Checked {
+/// The checked arrays of one list, and what keeps them alive: the call's own two strong
+/// references to each (two, so that NumPy's `resize` refcheck refuses even an array the caller
+/// holds only through a temporary — see the module doc), released when it is dropped. It holds
+/// the `Python` token, so it cannot enter `detach` and is always dropped attached (unwinding
+/// included: `detach` re-attaches first); its lists go back to this thread's spares.
+struct Checked<'py> {
+    py: Python<'py>,
     bufs: Vec<Buf>,
-    pins: Vec<Py<PyUntypedArray>>,
+    arrays: Vec<NonNull<ffi::PyObject>>,
 }
 
-impl Checked {
-    fn array<'a, 'py>(&'a self, py: Python<'py>, i: usize) -> &'a Bound<'py, PyUntypedArray> {
-        self.pins[2 * i].bind(py)
+impl<'py> Checked<'py> {
+    fn new(py: Python<'py>, count: usize) -> Self {
+        let mut c = Checked {
+            py,
+            bufs: SPARE_BUFS.take(),
+            arrays: SPARE_ARRAYS.take(),
+        };
+        c.bufs.reserve(count);
+        c.arrays.reserve(count);
+        c
+    }
+
+    /// Keep `arr` (checked as `buf`) for the call.
+    fn push(&mut self, buf: Buf, arr: Bound<'py, PyUntypedArray>) {
+        self.bufs.push(buf);
+        let p = arr.into_ptr(); // the iterator's reference, now the call's
+        // SAFETY: attached (`arr` was a Bound); `p` is a live object. The second reference.
+        unsafe { ffi::Py_INCREF(p) };
+        // SAFETY: into_ptr of a Bound is never null.
+        self.arrays.push(unsafe { NonNull::new_unchecked(p) });
+    }
+
+    fn array<'a>(&'a self, i: usize) -> Borrowed<'a, 'py, PyUntypedArray> {
+        // SAFETY: the call holds a reference to the array, which is an ndarray (checked).
+        unsafe {
+            Borrowed::from_ptr(self.py, self.arrays[i].as_ptr()).cast_unchecked::<PyUntypedArray>()
+        }
     }
 }
 
-impl Drop for Checked {
+impl Drop for Checked<'_> {
     fn drop(&mut self) {
         let mut bufs = std::mem::take(&mut self.bufs);
         bufs.clear();
         SPARE_BUFS.set(bufs);
-        // releasing the references may run Python code (a finalizer), which may call in again:
-        // the spare lists are only taken and put back, never borrowed across it
-        let mut pins = std::mem::take(&mut self.pins);
-        pins.clear();
-        SPARE_PINS.set(pins);
+        // Releasing the references may run Python code (a finalizer), which may call in again:
+        // the list is ours alone by now, and the spare is only taken and put back.
+        let mut arrays = std::mem::take(&mut self.arrays);
+        for p in arrays.drain(..) {
+            // SAFETY: attached (the token), and these are the call's two references.
+            unsafe {
+                ffi::Py_DECREF(p.as_ptr());
+                ffi::Py_DECREF(p.as_ptr());
+            }
+        }
+        SPARE_ARRAYS.set(arrays);
     }
 }
 
 /// Check every array of `arrays` (a list or tuple) and describe it. Touches nothing.
 /// Messages name an array as `name[positions[i]]` (the caller's own numbering) or `name[i]`.
-fn check(
-    arrays: &Bound<'_, PyAny>,
+fn check<'py>(
+    arrays: &Bound<'py, PyAny>,
     name: &str,
     positions: Option<&[usize]>,
     writable: bool,
-) -> PyResult<Checked> {
+) -> PyResult<Checked<'py>> {
     let need = if writable { Need::Write } else { Need::Read };
     check_for(arrays, name, positions, need)
 }
 
-fn check_for(
-    arrays: &Bound<'_, PyAny>,
+fn check_for<'py>(
+    arrays: &Bound<'py, PyAny>,
     name: &str,
     positions: Option<&[usize]>,
     need: Need,
-) -> PyResult<Checked> {
+) -> PyResult<Checked<'py>> {
     let at = |i: usize| at(positions, i);
     let checked = if let Ok(l) = arrays.cast::<PyList>() {
-        check_each(l.iter(), l.len(), name, &at, need)?
+        check_each(arrays.py(), l.iter(), l.len(), name, &at, need)?
     } else if let Ok(t) = arrays.cast::<PyTuple>() {
-        check_each(t.iter(), t.len(), name, &at, need)?
+        check_each(arrays.py(), t.iter(), t.len(), name, &at, need)?
     } else {
         return Err(PyTypeError::new_err(format!(
             "{name} must be a list or tuple of numpy arrays"
@@ -480,14 +515,9 @@ fn check_writes(bufs: &[Buf], name: &str, positions: Option<&[usize]>) -> PyResu
 /// After Python code ran (the `coefficient` callback), every array must still be what the
 /// checks saw: the same data pointer, size, dtype, and shape and strides (or contiguity).
 /// Writeability is re-read. Touches nothing.
-fn recheck(
-    py: Python<'_>,
-    c: &mut Checked,
-    name: &str,
-    positions: Option<&[usize]>,
-) -> PyResult<()> {
+fn recheck(c: &mut Checked<'_>, name: &str, positions: Option<&[usize]>) -> PyResult<()> {
     for i in 0..c.bufs.len() {
-        let arr = c.array(py, i);
+        let arr = c.array(i);
         // SAFETY: arr is a live ndarray (held by `c`); reading its fields is plain field access.
         let (flags, data) = unsafe {
             let raw = &*arr.as_array_ptr();
@@ -527,7 +557,7 @@ thread_local! {
     /// The lists of this thread's last calls, kept (empty) for the next one: a call on 100,000
     /// arrays then neither allocates nor page-faults in megabytes of fresh lists.
     static SPARE_BUFS: std::cell::Cell<Vec<Buf>> = const { std::cell::Cell::new(Vec::new()) };
-    static SPARE_PINS: std::cell::Cell<Vec<Py<PyUntypedArray>>> =
+    static SPARE_ARRAYS: std::cell::Cell<Vec<NonNull<ffi::PyObject>>> =
         const { std::cell::Cell::new(Vec::new()) };
     static SPARE_RANGES: std::cell::Cell<Vec<(usize, usize, usize)>> =
         const { std::cell::Cell::new(Vec::new()) };
@@ -536,27 +566,18 @@ thread_local! {
 /// The per-array checks of [`check`], straight off the list's iterator (no intermediate Vec).
 /// This is the only time the list is read.
 fn check_each<'py>(
+    py: Python<'py>,
     mut items: impl Iterator<Item = Bound<'py, PyAny>>,
     count: usize,
     name: &str,
     at: &dyn Fn(usize) -> usize,
     need: Need,
-) -> PyResult<Checked> {
-    let mut c = Checked {
-        bufs: SPARE_BUFS.take(),
-        pins: SPARE_PINS.take(),
-    };
-    c.bufs.reserve(count);
-    c.pins.reserve(2 * count);
+) -> PyResult<Checked<'py>> {
+    let mut c = Checked::new(py, count);
     let mut k = 0;
     while let Some(item) = items.next() {
-        let py = item.py();
         match check_one(item, name, at(k), need) {
-            Ok((b, arr)) => {
-                c.bufs.push(b);
-                c.pins.push(arr.clone().unbind());
-                c.pins.push(arr.unbind());
-            }
+            Ok((b, arr)) => c.push(b, arr),
             Err(e) if need == Need::Fused && !e.is_instance_of::<NotArrays>(py) => {
                 // a later non-array sends the whole call to the general path, whose error wins
                 let mut later = items.enumerate();
@@ -597,7 +618,7 @@ fn check_one<'py>(
         Ok(a) => a,
         Err(e) => return Err(not_an_array(&e.into_inner(), name, i, need)),
     };
-    let dtype = dtype_of(&arr, name, i)?;
+    let (dtype, num) = dtype_of(&arr, name, i)?;
     // SAFETY: arr is a live ndarray; reading its flags and data pointer is plain field access.
     let (flags, data) = unsafe {
         let raw = &*arr.as_array_ptr();
@@ -632,7 +653,7 @@ fn check_one<'py>(
         writeable,
         c_order,
         f_order,
-        num: arr.dtype().num(),
+        num,
         ptr: data,
         len,
         strided,
@@ -821,7 +842,7 @@ fn norm_scale_(
             .map_err(|e| e.into_err(name, positions))?
             .total;
         let factor: f64 = coefficient.call1((total,))?.extract()?;
-        recheck(py, &mut c, name, positions)?;
+        recheck(&mut c, name, positions)?;
         check_writes(&c.bufs, name, positions)?;
         apply(py, &c.bufs, Ops::All(Op::Scale(factor))).map_err(|e| e.into_err(name, positions))?;
         Ok(total)

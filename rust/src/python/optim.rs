@@ -53,18 +53,17 @@ fn shape_str(s: &[usize]) -> String {
 }
 
 /// One list of the call: its name, its checked arrays, whether the update writes it.
-struct List {
+struct List<'py> {
     name: &'static str,
-    c: Checked,
+    c: Checked<'py>,
     write: bool,
 }
 
 /// Check every list (params first, grads second, then the states) and how they fit together.
 /// Each list is read once, by its checks; shapes come from the arrays checked.
-fn check_lists(
-    py: Python<'_>,
-    lists: &[(&Bound<'_, PyAny>, &'static str, bool)],
-) -> PyResult<Vec<List>> {
+fn check_lists<'py>(
+    lists: &[(&Bound<'py, PyAny>, &'static str, bool)],
+) -> PyResult<Vec<List<'py>>> {
     let mut out = Vec::with_capacity(lists.len());
     for &(arrays, name, write) in lists {
         // A written list gets the usual in-place checks (writeable, no overlap within it); the
@@ -114,7 +113,8 @@ fn check_lists(
     }
     for l in &out[1..] {
         for i in 0..n {
-            let (s, ps) = (l.c.array(py, i).shape(), out[0].c.array(py, i).shape());
+            let (a, pa) = (l.c.array(i), out[0].c.array(i));
+            let (s, ps) = (a.shape(), pa.shape());
             if s != ps {
                 return Err(PyValueError::new_err(format!(
                     "{}[{i}] has shape {} but params[{i}] has shape {}; they must match",
@@ -134,7 +134,7 @@ fn check_lists(
 /// gradient and its states, so all of a tensor's arrays must be walked in one order: memory
 /// order when they share it (all C- or all F-contiguous), else C order, copying every array
 /// that is not C-contiguous.
-fn layouts(py: Python<'_>, lists: &[List]) -> Vec<Vec<Option<StridedView>>> {
+fn layouts(lists: &[List<'_>]) -> Vec<Vec<Option<StridedView>>> {
     let n = lists[0].c.bufs.len();
     let mut out: Vec<Vec<Option<StridedView>>> =
         lists.iter().map(|_| Vec::with_capacity(n)).collect();
@@ -150,7 +150,7 @@ fn layouts(py: Python<'_>, lists: &[List]) -> Vec<Vec<Option<StridedView>>> {
                 Some((**v).clone())
             } else {
                 // Fortran-contiguous while another array of the tensor is not
-                let a = l.c.array(py, i);
+                let a = l.c.array(i);
                 Some(StridedView {
                     ptr: b.ptr,
                     shape: a.shape().to_vec(),
@@ -163,7 +163,7 @@ fn layouts(py: Python<'_>, lists: &[List]) -> Vec<Vec<Option<StridedView>>> {
 }
 
 /// Nothing the update writes may share a byte with anything else of the call.
-fn check_no_shared_writes(lists: &[List]) -> PyResult<()> {
+fn check_no_shared_writes(lists: &[List<'_>]) -> PyResult<()> {
     let mut ranges: Vec<(usize, usize, usize, usize)> = Vec::new(); // (lo, hi, list, index)
     for (k, l) in lists.iter().enumerate() {
         for (i, b) in l.c.bufs.iter().enumerate() {
@@ -201,22 +201,23 @@ fn check_no_shared_writes(lists: &[List]) -> PyResult<()> {
 
 /// Run `rule` over the checked lists (params, grads, then `rule.states()` state lists).
 /// Every copy is made before anything is written: one that cannot be allocated changes nothing.
-fn run(py: Python<'_>, lists: Vec<List>, rule: Rule, hyper: Vec<Hyper>) -> PyResult<()> {
-    let views = layouts(py, &lists);
-    let lists = &lists;
+fn run(py: Python<'_>, lists: Vec<List<'_>>, rule: Rule, hyper: Vec<Hyper>) -> PyResult<()> {
+    let views = layouts(&lists);
+    // what the passes need (the lists themselves hold the Python token, which stays here)
+    let bufs: Vec<&[Buf]> = lists.iter().map(|l| l.c.bufs.as_slice()).collect();
+    let writes: Vec<bool> = lists.iter().map(|l| l.write).collect();
+    let (bufs, writes) = (&bufs, &writes);
     let result = py.detach(|| {
         // Every byte of the call, claimed as written: the claim is taken whole, so it cannot
         // deadlock against another call's, and reads of the gradients are covered too.
         let _claim = claims::claim(
-            lists
-                .iter()
-                .flat_map(|l| l.c.bufs.iter().map(Buf::byte_range)),
+            bufs.iter().flat_map(|l| l.iter().map(Buf::byte_range)),
             true,
         );
-        let mut owned: Vec<Vec<Option<Owned>>> = Vec::with_capacity(lists.len());
-        for (k, (l, vs)) in lists.iter().zip(&views).enumerate() {
+        let mut owned: Vec<Vec<Option<Owned>>> = Vec::with_capacity(bufs.len());
+        for (k, (l, vs)) in bufs.iter().zip(&views).enumerate() {
             let mut o = Vec::with_capacity(vs.len());
-            for (i, (b, v)) in l.c.bufs.iter().zip(vs).enumerate() {
+            for (i, (b, v)) in l.iter().zip(vs).enumerate() {
                 o.push(match v {
                     None => None,
                     // SAFETY: the view describes live memory of an array the call holds.
@@ -233,12 +234,12 @@ fn run(py: Python<'_>, lists: Vec<List>, rule: Rule, hyper: Vec<Hyper>) -> PyRes
         let (head, states) = owned.split_at_mut(2);
         let (p_owned, g_owned) = head.split_at_mut(1);
         let mut state_iters: Vec<_> = states.iter_mut().map(|s| s.iter_mut()).collect();
-        let mut updates = Vec::with_capacity(lists[0].c.bufs.len());
+        let mut updates = Vec::with_capacity(bufs[0].len());
         for (i, (po, go)) in p_owned[0].iter_mut().zip(g_owned[0].iter()).enumerate() {
             // SAFETY: every array is live for the call (the call holds it), the written ones
             // are writeable, name no element twice and share no byte with any other buffer
             // (checked); each is walked in the order its tensor's arrays agree on (`layouts`).
-            let (pb, gb) = (&lists[0].c.bufs[i], &lists[1].c.bufs[i]);
+            let (pb, gb) = (&bufs[0][i], &bufs[1][i]);
             let p = unsafe { tensor_mut(pb.dtype, pb.ptr, pb.len, po.as_mut()) };
             let g = unsafe { tensor(gb.dtype, gb.ptr, gb.len, go.as_ref()) };
             let mut st: Vec<TensorMut<'_>> = state_iters
@@ -246,7 +247,7 @@ fn run(py: Python<'_>, lists: Vec<List>, rule: Rule, hyper: Vec<Hyper>) -> PyRes
                 .enumerate()
                 .map(|(k, it)| {
                     let o = it.next().expect("one state per parameter");
-                    let b = &lists[2 + k].c.bufs[i];
+                    let b = &bufs[2 + k][i];
                     unsafe { tensor_mut(b.dtype, b.ptr, b.len, o.as_mut()) }
                 })
                 .collect();
@@ -289,8 +290,8 @@ fn run(py: Python<'_>, lists: Vec<List>, rule: Rule, hyper: Vec<Hyper>) -> PyRes
         }
         let r = optim::step(updates, rule);
         if r.is_ok() {
-            for ((l, o), vs) in lists.iter().zip(&owned).zip(&views) {
-                if l.write {
+            for ((w, o), vs) in writes.iter().zip(&owned).zip(&views) {
+                if *w {
                     for (o, v) in o.iter().zip(vs) {
                         if let (Some(o), Some(v)) = (o, v) {
                             // SAFETY: as above; the update is done with the copy.
@@ -344,7 +345,7 @@ pub(super) fn sgd_(
     weight_decay: PerTensor,
 ) -> PyResult<()> {
     guard(|| {
-        let lists = check_lists(py, &[(params, "params", true), (grads, "grads", false)])?;
+        let lists = check_lists(&[(params, "params", true), (grads, "grads", false)])?;
         let h = hypers(lists[0].c.bufs.len(), lr, weight_decay, None)?;
         run(py, lists, Rule::Sgd, h)
     })
@@ -365,14 +366,11 @@ pub(super) fn momentum_(
     weight_decay: PerTensor,
 ) -> PyResult<()> {
     guard(|| {
-        let lists = check_lists(
-            py,
-            &[
-                (params, "params", true),
-                (grads, "grads", false),
-                (velocities, "velocities", true),
-            ],
-        )?;
+        let lists = check_lists(&[
+            (params, "params", true),
+            (grads, "grads", false),
+            (velocities, "velocities", true),
+        ])?;
         let h = hypers(lists[0].c.bufs.len(), lr, weight_decay, None)?;
         run(py, lists, Rule::Momentum { mu, nesterov }, h)
     })
@@ -402,15 +400,12 @@ pub(super) fn adam_(
     decoupled: bool,
 ) -> PyResult<()> {
     guard(|| {
-        let lists = check_lists(
-            py,
-            &[
-                (params, "params", true),
-                (grads, "grads", false),
-                (moment1, "moment1", true),
-                (moment2, "moment2", true),
-            ],
-        )?;
+        let lists = check_lists(&[
+            (params, "params", true),
+            (grads, "grads", false),
+            (moment1, "moment1", true),
+            (moment2, "moment2", true),
+        ])?;
         let h = hypers(
             lists[0].c.bufs.len(),
             lr,
