@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from conftest import BF16, assert_rel, dtype_id, ref_norm, same_bits, scaled_ref, torch_coef
 from fastclip import _fastclip
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 as_strided = np.lib.stride_tricks.as_strided
 
@@ -385,6 +387,55 @@ def test_writeable_broadcast_views_are_scaled_and_clamped_once(rng, dtype):
     assert same_bits(x[0], np.clip(before[0], dtype(-0.5), dtype(0.5)))
     assert same_bits(x[1:3, ::2], np.clip(before[1:3, ::2], dtype(-0.5), dtype(0.5)))
     assert same_bits(x[1:3, 1::2], before[1:3, 1::2])
+
+
+@st.composite
+def _stride0_views(draw):
+    """A random C-ordered array, a function making from any array of its shape and layout a view
+    that mixes stride-0 axes (anywhere, any length) with its own axes sliced with random (also
+    negative) steps, and that view's distinct elements and repeat count, computed independently."""
+    dtype = draw(st.sampled_from([np.float16, np.float32, np.float64]))
+    shape = draw(st.lists(st.integers(1, 5), min_size=1, max_size=3))
+    seed = draw(st.integers(0, 2**32 - 1))
+    x = (np.random.default_rng(seed).standard_normal(shape) * 4).astype(dtype)
+    slices = tuple(slice(None, None, draw(st.sampled_from([1, 2, -1, -2]))) for _ in shape)
+    v = x[slices]
+    new_shape, new_strides, repeat = [], [], 1
+    for axis in range(v.ndim + 1):
+        for _ in range(draw(st.integers(0, 2 if axis < v.ndim else 1))):
+            n = draw(st.integers(1, 4))
+            new_shape.append(n)
+            new_strides.append(0)
+            repeat *= n
+        if axis < v.ndim:
+            new_shape.append(v.shape[axis])
+            new_strides.append(v.strides[axis])
+
+    def make(a):
+        return as_strided(a[slices], tuple(new_shape), tuple(new_strides))
+
+    return x, make, v.copy(), repeat
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_stride0_views(), st.sampled_from(PS))
+def test_stride0_views_property(case, p):
+    x, make, distinct, repeat = case
+    view = make(x)
+    materialized = np.ascontiguousarray(view)
+    per, total = _fastclip.norms([view, materialized], p, True)
+    assert_rel(per[0], repeat_ref(np.asarray(distinct, np.float64), repeat, p), 1e-11)
+    assert_rel(per[0], per[1], 1e-11)
+    assert_rel(total, ref_norm([materialized, materialized], p), 1e-11)
+    # in place: every distinct element once, nothing else of the array touched
+    y = x.copy()
+    fc.clip_grads_with_norm_([make(y)], 1.0, 4.0)
+    want = scaled_ref(x, torch_coef(1.0, 4.0))
+    mark = np.zeros_like(x)  # the same layout (and itemsize) as x: the view's strides fit it
+    make(mark)[...] = 1
+    inside = mark != 0
+    assert same_bits(y[inside], want[inside])
+    assert same_bits(y[~inside], x[~inside])
 
 
 def test_impossible_copy_is_a_memory_error():
