@@ -8,6 +8,7 @@ __all__ = [
     "CHUNK",
     "PARALLEL_MIN",
     "NotArrays",
+    "_test_panic",
     "adam_",
     "clamp_",
     "isa",
@@ -42,7 +43,9 @@ def norm_scale_(
     positions: Sequence[int] | None = None,
 ) -> float:
     """The total p-norm, then arrays[i] *= coefficient(total) in place; returns the total.
-    Checks as norms() then scale_() would; if coefficient raises, nothing is modified."""
+    Checks as norms() then scale_() would; if coefficient raises, nothing is modified. The
+    arrays measured are the arrays scaled, whatever coefficient does to the list; RuntimeError
+    if it changed an array (resized it, gave it new data)."""
 
 def scale_(
     arrays: list[np.ndarray] | tuple[np.ndarray, ...],
@@ -63,6 +66,10 @@ def clamp_(
 
 def isa() -> str:
     """The instruction set in use."""
+
+def _test_panic(place: str) -> None:
+    """Not API: panic on purpose ("attached", "detached" or "worker") to test that a Rust panic
+    reaches Python as RuntimeError. Raises RuntimeError (ValueError for another place)."""
 
 def sgd_(
     params: list[np.ndarray] | tuple[np.ndarray, ...],

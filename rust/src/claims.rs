@@ -5,9 +5,14 @@
 //! writing (or read bytes another call is writing) waits until that call is done. A call's claim
 //! is taken and released as a whole, so waiting cannot deadlock. The common case (no other call in
 //! flight) costs one uncontended lock.
+//!
+//! Across `fork()` ([`crate::pool`] registers the handlers): the forking thread holds the
+//! registry's lock while the process forks, so the child never inherits it locked by a thread
+//! that does not exist there, and the child starts with no claims (the calls that held them run
+//! on threads the child does not have; the forking thread itself holds none while Python runs).
 
 use std::cell::Cell;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 struct Claim {
     id: u64,
@@ -46,6 +51,35 @@ thread_local! {
     static SPARE: Cell<Vec<(usize, usize)>> = const { Cell::new(Vec::new()) };
 }
 
+thread_local! {
+    /// The registry's lock, held by the forking thread from the prepare handler to the parent's
+    /// or the child's handler.
+    static HELD_FOR_FORK: Cell<Option<MutexGuard<'static, Registry>>> = const { Cell::new(None) };
+}
+
+fn lock() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Before a fork, in the forking thread: take the registry's lock (held briefly by others, and
+/// never while they wait for anything).
+pub(crate) fn fork_prepare() {
+    HELD_FOR_FORK.set(Some(lock()));
+}
+
+/// After a fork, in the parent: release it.
+pub(crate) fn fork_parent() {
+    drop(HELD_FOR_FORK.take());
+}
+
+/// After a fork, in the child: forget every claim (their threads are gone; their lists are
+/// leaked rather than freed in the handler) and release the lock.
+pub(crate) fn fork_child() {
+    if let Some(mut reg) = HELD_FOR_FORK.take() {
+        std::mem::forget(std::mem::take(&mut reg.active));
+    }
+}
+
 /// Held while a call works on its buffers; dropping it releases the claim.
 #[must_use]
 pub struct ClaimGuard {
@@ -68,6 +102,7 @@ fn intersect(a: &[(usize, usize)], b: &[(usize, usize)]) -> bool {
 /// Claim `ranges` (byte ranges; empty ones ignored) for reading or writing, waiting while a
 /// conflicting claim is active.
 pub fn claim(ranges: impl IntoIterator<Item = (usize, usize)>, write: bool) -> ClaimGuard {
+    crate::pool::watch_forks();
     let mut list = SPARE.take();
     list.clear();
     list.extend(ranges.into_iter().filter(|r| r.0 < r.1));
@@ -81,7 +116,7 @@ pub fn claim(ranges: impl IntoIterator<Item = (usize, usize)>, write: bool) -> C
         sorted: false,
         span,
     };
-    let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut reg = lock();
     loop {
         let mut conflict = false;
         for c in reg.active.iter_mut() {
@@ -108,7 +143,7 @@ pub fn claim(ranges: impl IntoIterator<Item = (usize, usize)>, write: bool) -> C
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reg = lock();
         let mut spare = None;
         if let Some(k) = reg.active.iter().position(|c| c.id == self.id) {
             spare = Some(reg.active.swap_remove(k).ranges);

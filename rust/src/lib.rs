@@ -8,6 +8,7 @@
 //!   generic body each, compiled once per ISA level and chosen at run time by the token;
 //! - [`multi`]: the multi-tensor engine, the only place that decides threading;
 //! - [`optim`]: the optimizer rules, their per-tensor coefficients, the multi-tensor update;
+//! - [`pool`]: which rayon pool runs a parallel call (fork-aware; none where threads cannot start);
 //! - [`strided`]: gather/scatter for non-contiguous buffers;
 //! - `python` (feature `python`): the thin PyO3 binding. Nothing above it knows Python.
 
@@ -17,6 +18,7 @@ pub mod isa;
 pub mod kernels;
 pub mod multi;
 pub mod optim;
+pub mod pool;
 pub mod strided;
 #[cfg(test)]
 mod testing;

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use crate::element::Element;
 use crate::isa::{self, Isa};
 use crate::kernels::{self, NormType, Partial};
+use crate::pool;
 
 /// Elements per chunk: the unit of determinism (64 KiB..256 KiB of data, L2-resident).
 pub const CHUNK: usize = 1 << 15;
@@ -134,11 +135,11 @@ fn batch(sizes: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Whether a call over `total` elements in `tensors` tensors goes to rayon: the one threading
-/// decision. Only speed depends on it, never a result.
+/// decision. Only speed depends on it, never a result. Which pool runs it is [`pool::workers`]
+/// (the caller's rayon pool, fastclip's own, or none where threads cannot start); small calls
+/// never look.
 pub fn parallel(total: usize, tensors: usize) -> bool {
-    total >= PARALLEL_MIN
-        && total >= tensors.saturating_mul(PER_TENSOR_MIN)
-        && rayon::current_num_threads() > 1
+    total >= PARALLEL_MIN && total >= tensors.saturating_mul(PER_TENSOR_MIN) && pool::threads() > 1
 }
 
 /// Run `f` over `items`, on this thread when [`parallel`]`(total, tensors)` says so, otherwise
@@ -161,13 +162,22 @@ pub fn run<I: Send, O: Send>(
     for r in tasks {
         groups.push(it.by_ref().take(r.len()).collect());
     }
-    groups
-        .into_par_iter()
-        .map(|g| g.into_iter().map(&f).collect::<Vec<O>>())
-        .collect::<Vec<Vec<O>>>()
-        .into_iter()
-        .flatten()
-        .collect()
+    let each = |groups: Vec<Vec<I>>| {
+        groups
+            .into_par_iter()
+            .map(|g| g.into_iter().map(&f).collect::<Vec<O>>())
+            .collect::<Vec<Vec<O>>>()
+    };
+    let done = match pool::workers() {
+        pool::Workers::Current => each(groups),
+        pool::Workers::Pool(p) => p.install(|| each(groups)),
+        // only if the pool went away since `parallel` said yes (it cannot, short of a fork)
+        pool::Workers::Caller => groups
+            .into_iter()
+            .map(|g| g.into_iter().map(&f).collect())
+            .collect(),
+    };
+    done.into_iter().flatten().collect()
 }
 
 /// Every tensor's norm and the total norm, in one pass. `per_tensor` may be skipped (empty).

@@ -8,15 +8,15 @@
 //! gradient aliasing its parameter would change under the update). Then the GIL is released and
 //! the whole update runs as one engine call. No optimizer policy lives here.
 
-use numpy::{PyUntypedArray, PyUntypedArrayMethods};
+use numpy::PyUntypedArrayMethods;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
 
-use super::{Buf, DType, Owned, check};
+use super::{Buf, Checked, DType, NoCopy, Owned, check, guard, tensor, tensor_mut};
 use crate::claims;
 use crate::multi::{Tensor, TensorMut};
 use crate::optim::{self, Hyper, Rule, Slots, Update};
+use crate::strided::StridedView;
 
 /// A hyperparameter given once for every tensor, or once per tensor.
 #[derive(FromPyObject)]
@@ -38,25 +38,6 @@ impl PerTensor {
     }
 }
 
-/// The shapes of a list or tuple of arrays (already checked to be arrays).
-fn shapes(arrays: &Bound<'_, PyAny>) -> Vec<Vec<usize>> {
-    let items: Vec<Bound<'_, PyAny>> = if let Ok(l) = arrays.cast::<PyList>() {
-        l.iter().collect()
-    } else if let Ok(t) = arrays.cast::<PyTuple>() {
-        t.iter().collect()
-    } else {
-        Vec::new()
-    };
-    items
-        .iter()
-        .map(|a| {
-            a.cast::<PyUntypedArray>()
-                .map(|a| a.shape().to_vec())
-                .unwrap_or_default()
-        })
-        .collect()
-}
-
 /// A shape as Python writes it: `(3,)`, `(2, 3)`, `()`.
 fn shape_str(s: &[usize]) -> String {
     match s {
@@ -71,65 +52,69 @@ fn shape_str(s: &[usize]) -> String {
     }
 }
 
-fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "float32",
-        DType::F64 => "float64",
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-    }
-}
-
-/// One list of the call: its name, its checked buffers, whether the update writes it.
-struct List {
+/// One list of the call: its name, its checked arrays, whether the update writes it.
+struct List<'py> {
     name: &'static str,
-    bufs: Vec<Buf>,
+    c: Checked<'py>,
     write: bool,
 }
 
 /// Check every list (params first, grads second, then the states) and how they fit together.
-fn check_lists(lists: &[(&Bound<'_, PyAny>, &'static str, bool)]) -> PyResult<Vec<List>> {
+/// Each list is read once, by its checks; shapes come from the arrays checked.
+fn check_lists<'py>(
+    lists: &[(&Bound<'py, PyAny>, &'static str, bool)],
+) -> PyResult<Vec<List<'py>>> {
     let mut out = Vec::with_capacity(lists.len());
     for &(arrays, name, write) in lists {
         // A written list gets the usual in-place checks (writeable, no overlap within it); the
         // overlaps between lists are checked below.
-        out.push(List {
-            name,
-            bufs: check(arrays, name, None, write)?,
-            write,
-        });
+        let c = check(arrays, name, None, write)?;
+        if write {
+            // an element written from two different positions would get either result
+            if let Some(i) = c.bufs.iter().position(|b| {
+                b.strided
+                    .as_ref()
+                    .is_some_and(|v| v.may_overlap_itself(b.dtype.itemsize()))
+            }) {
+                return Err(PyValueError::new_err(format!(
+                    "{name}[{i}] names some of its elements more than once (a broadcast or overlapping-strides view); the update writes it in place. Pass a contiguous array (np.ascontiguousarray)"
+                )));
+            }
+        }
+        out.push(List { name, c, write });
     }
-    let n = out[0].bufs.len();
+    let n = out[0].c.bufs.len();
     for l in &out[1..] {
-        if l.bufs.len() != n {
+        if l.c.bufs.len() != n {
             return Err(PyValueError::new_err(format!(
                 "got {} {} for {n} params; pass one per parameter",
-                l.bufs.len(),
+                l.c.bufs.len(),
                 l.name
             )));
         }
     }
-    for (i, p) in out[0].bufs.iter().enumerate() {
+    for (i, p) in out[0].c.bufs.iter().enumerate() {
         if !matches!(p.dtype, DType::F32 | DType::F64) {
             return Err(PyTypeError::new_err(format!(
                 "params[{i}] has dtype {}; the optimizers update float32 and float64 parameters",
-                dtype_name(p.dtype)
+                p.dtype.name()
             )));
         }
         for l in &out[1..] {
-            if l.bufs[i].dtype != p.dtype {
+            if l.c.bufs[i].dtype != p.dtype {
                 return Err(PyTypeError::new_err(format!(
                     "{}[{i}] has dtype {} but params[{i}] has dtype {}; they must match",
                     l.name,
-                    dtype_name(l.bufs[i].dtype),
-                    dtype_name(p.dtype)
+                    l.c.bufs[i].dtype.name(),
+                    p.dtype.name()
                 )));
             }
         }
     }
-    let param_shapes = shapes(lists[0].0);
-    for (k, l) in out.iter().enumerate().skip(1) {
-        for (i, (s, ps)) in shapes(lists[k].0).iter().zip(&param_shapes).enumerate() {
+    for l in &out[1..] {
+        for i in 0..n {
+            let (a, pa) = (l.c.array(i), out[0].c.array(i));
+            let (s, ps) = (a.shape(), pa.shape());
             if s != ps {
                 return Err(PyValueError::new_err(format!(
                     "{}[{i}] has shape {} but params[{i}] has shape {}; they must match",
@@ -144,11 +129,44 @@ fn check_lists(lists: &[(&Bound<'_, PyAny>, &'static str, bool)]) -> PyResult<Ve
     Ok(out)
 }
 
+/// How each array of each tensor is walked: `None` in place (memory order), `Some(view)`
+/// through a copy in C order. An elementwise update pairs the i-th elements of a parameter, its
+/// gradient and its states, so all of a tensor's arrays must be walked in one order: memory
+/// order when they share it (all C- or all F-contiguous), else C order, copying every array
+/// that is not C-contiguous.
+fn layouts(lists: &[List<'_>]) -> Vec<Vec<Option<StridedView>>> {
+    let n = lists[0].c.bufs.len();
+    let mut out: Vec<Vec<Option<StridedView>>> =
+        lists.iter().map(|_| Vec::with_capacity(n)).collect();
+    for i in 0..n {
+        let bufs = || lists.iter().map(|l| &l.c.bufs[i]);
+        let contiguous = bufs().all(|b| b.strided.is_none());
+        let shared = contiguous && (bufs().all(|b| b.c_order) || bufs().all(|b| b.f_order));
+        for (l, o) in lists.iter().zip(out.iter_mut()) {
+            let b = &l.c.bufs[i];
+            o.push(if shared || b.c_order {
+                None
+            } else if let Some(v) = &b.strided {
+                Some((**v).clone())
+            } else {
+                // Fortran-contiguous while another array of the tensor is not
+                let a = l.c.array(i);
+                Some(StridedView {
+                    ptr: b.ptr,
+                    shape: a.shape().to_vec(),
+                    strides: a.strides().to_vec(),
+                })
+            });
+        }
+    }
+    out
+}
+
 /// Nothing the update writes may share a byte with anything else of the call.
-fn check_no_shared_writes(lists: &[List]) -> PyResult<()> {
+fn check_no_shared_writes(lists: &[List<'_>]) -> PyResult<()> {
     let mut ranges: Vec<(usize, usize, usize, usize)> = Vec::new(); // (lo, hi, list, index)
     for (k, l) in lists.iter().enumerate() {
-        for (i, b) in l.bufs.iter().enumerate() {
+        for (i, b) in l.c.bufs.iter().enumerate() {
             if b.len > 0 {
                 let (lo, hi) = b.byte_range();
                 ranges.push((lo, hi, k, i));
@@ -182,35 +200,55 @@ fn check_no_shared_writes(lists: &[List]) -> PyResult<()> {
 }
 
 /// Run `rule` over the checked lists (params, grads, then `rule.states()` state lists).
-fn run(py: Python<'_>, lists: Vec<List>, rule: Rule, hyper: Vec<Hyper>) -> PyResult<()> {
+/// Every copy is made before anything is written: one that cannot be allocated changes nothing.
+fn run(py: Python<'_>, lists: Vec<List<'_>>, rule: Rule, hyper: Vec<Hyper>) -> PyResult<()> {
+    let views = layouts(&lists);
+    // what the passes need (the lists themselves hold the Python token, which stays here)
+    let bufs: Vec<&[Buf]> = lists.iter().map(|l| l.c.bufs.as_slice()).collect();
+    let writes: Vec<bool> = lists.iter().map(|l| l.write).collect();
+    let (bufs, writes) = (&bufs, &writes);
     let result = py.detach(|| {
         // Every byte of the call, claimed as written: the claim is taken whole, so it cannot
         // deadlock against another call's, and reads of the gradients are covered too.
         let _claim = claims::claim(
-            lists
-                .iter()
-                .flat_map(|l| l.bufs.iter().map(Buf::byte_range)),
+            bufs.iter().flat_map(|l| l.iter().map(Buf::byte_range)),
             true,
         );
-        let mut owned: Vec<Vec<Option<Owned>>> = lists
-            .iter()
-            .map(|l| l.bufs.iter().map(Buf::gather).collect())
-            .collect();
+        let mut owned: Vec<Vec<Option<Owned>>> = Vec::with_capacity(bufs.len());
+        for (k, (l, vs)) in bufs.iter().zip(&views).enumerate() {
+            let mut o = Vec::with_capacity(vs.len());
+            for (i, (b, v)) in l.iter().zip(vs).enumerate() {
+                o.push(match v {
+                    None => None,
+                    // SAFETY: the view describes live memory of an array the call holds.
+                    Some(v) => Some(unsafe { Owned::gather(v, b.dtype) }.map_err(|_| NoCopy {
+                        index: i,
+                        list: k,
+                        elements: v.len(),
+                        dtype: b.dtype,
+                    })?),
+                });
+            }
+            owned.push(o);
+        }
         let (head, states) = owned.split_at_mut(2);
         let (p_owned, g_owned) = head.split_at_mut(1);
         let mut state_iters: Vec<_> = states.iter_mut().map(|s| s.iter_mut()).collect();
-        let mut updates = Vec::with_capacity(lists[0].bufs.len());
+        let mut updates = Vec::with_capacity(bufs[0].len());
         for (i, (po, go)) in p_owned[0].iter_mut().zip(g_owned[0].iter()).enumerate() {
-            // SAFETY: every array is live for the call (the caller's lists hold them), the
-            // written ones are writeable and share no byte with any other buffer (checked).
-            let p = unsafe { lists[0].bufs[i].tensor_mut(po.as_mut()) };
-            let g = unsafe { lists[1].bufs[i].tensor(go.as_ref()) };
+            // SAFETY: every array is live for the call (the call holds it), the written ones
+            // are writeable, name no element twice and share no byte with any other buffer
+            // (checked); each is walked in the order its tensor's arrays agree on (`layouts`).
+            let (pb, gb) = (&bufs[0][i], &bufs[1][i]);
+            let p = unsafe { tensor_mut(pb.dtype, pb.ptr, pb.len, po.as_mut()) };
+            let g = unsafe { tensor(gb.dtype, gb.ptr, gb.len, go.as_ref()) };
             let mut st: Vec<TensorMut<'_>> = state_iters
                 .iter_mut()
                 .enumerate()
                 .map(|(k, it)| {
                     let o = it.next().expect("one state per parameter");
-                    unsafe { lists[2 + k].bufs[i].tensor_mut(o.as_mut()) }
+                    let b = &bufs[2 + k][i];
+                    unsafe { tensor_mut(b.dtype, b.ptr, b.len, o.as_mut()) }
                 })
                 .collect();
             let s2 = if st.len() > 1 { st.pop() } else { None };
@@ -252,19 +290,26 @@ fn run(py: Python<'_>, lists: Vec<List>, rule: Rule, hyper: Vec<Hyper>) -> PyRes
         }
         let r = optim::step(updates, rule);
         if r.is_ok() {
-            for (l, o) in lists.iter().zip(&owned) {
-                if l.write {
-                    for (b, o) in l.bufs.iter().zip(o) {
-                        if let Some(o) = o {
-                            b.scatter(o);
+            for ((w, o), vs) in writes.iter().zip(&owned).zip(&views) {
+                if *w {
+                    for (o, v) in o.iter().zip(vs) {
+                        if let (Some(o), Some(v)) = (o, v) {
+                            // SAFETY: as above; the update is done with the copy.
+                            unsafe { o.scatter(v) };
                         }
                     }
                 }
             }
         }
-        r
+        Ok::<_, NoCopy>(r)
     });
-    result.map_err(|e| PyValueError::new_err(e.to_string()))
+    match result {
+        Err(e) => {
+            let name = lists[e.list].name;
+            Err(e.into_err(name, None))
+        }
+        Ok(r) => r.map_err(|e| PyValueError::new_err(e.to_string())),
+    }
 }
 
 fn hypers(
@@ -299,9 +344,11 @@ pub(super) fn sgd_(
     lr: PerTensor,
     weight_decay: PerTensor,
 ) -> PyResult<()> {
-    let lists = check_lists(&[(params, "params", true), (grads, "grads", false)])?;
-    let h = hypers(lists[0].bufs.len(), lr, weight_decay, None)?;
-    run(py, lists, Rule::Sgd, h)
+    guard(|| {
+        let lists = check_lists(&[(params, "params", true), (grads, "grads", false)])?;
+        let h = hypers(lists[0].c.bufs.len(), lr, weight_decay, None)?;
+        run(py, lists, Rule::Sgd, h)
+    })
 }
 
 /// momentum_(params, grads, velocities, lr, mu, nesterov=False, weight_decay=0.0), in place.
@@ -318,13 +365,15 @@ pub(super) fn momentum_(
     nesterov: bool,
     weight_decay: PerTensor,
 ) -> PyResult<()> {
-    let lists = check_lists(&[
-        (params, "params", true),
-        (grads, "grads", false),
-        (velocities, "velocities", true),
-    ])?;
-    let h = hypers(lists[0].bufs.len(), lr, weight_decay, None)?;
-    run(py, lists, Rule::Momentum { mu, nesterov }, h)
+    guard(|| {
+        let lists = check_lists(&[
+            (params, "params", true),
+            (grads, "grads", false),
+            (velocities, "velocities", true),
+        ])?;
+        let h = hypers(lists[0].c.bufs.len(), lr, weight_decay, None)?;
+        run(py, lists, Rule::Momentum { mu, nesterov }, h)
+    })
 }
 
 /// adam_(params, grads, moment1, moment2, lr, beta1, beta2, epsilon, beta1_pow, beta2_pow,
@@ -350,23 +399,25 @@ pub(super) fn adam_(
     weight_decay: PerTensor,
     decoupled: bool,
 ) -> PyResult<()> {
-    let lists = check_lists(&[
-        (params, "params", true),
-        (grads, "grads", false),
-        (moment1, "moment1", true),
-        (moment2, "moment2", true),
-    ])?;
-    let h = hypers(
-        lists[0].bufs.len(),
-        lr,
-        weight_decay,
-        Some((beta1_pow, beta2_pow)),
-    )?;
-    let rule = Rule::Adam {
-        beta1,
-        beta2,
-        epsilon,
-        decoupled,
-    };
-    run(py, lists, rule, h)
+    guard(|| {
+        let lists = check_lists(&[
+            (params, "params", true),
+            (grads, "grads", false),
+            (moment1, "moment1", true),
+            (moment2, "moment2", true),
+        ])?;
+        let h = hypers(
+            lists[0].c.bufs.len(),
+            lr,
+            weight_decay,
+            Some((beta1_pow, beta2_pow)),
+        )?;
+        let rule = Rule::Adam {
+            beta1,
+            beta2,
+            epsilon,
+            decoupled,
+        };
+        run(py, lists, rule, h)
+    })
 }
