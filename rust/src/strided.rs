@@ -26,6 +26,8 @@ pub struct StridedView {
 // SAFETY: the view is a plain description of memory; whoever builds one guarantees the memory
 // outlives its use and is not mutated concurrently (the binding checks overlaps).
 unsafe impl Send for StridedView {}
+// SAFETY: as for Send: a shared view is only read; writes go through `scatter`, whose caller
+// guarantees exclusive access.
 unsafe impl Sync for StridedView {}
 
 /// Views with more elements than this are not enumerated by
@@ -75,7 +77,10 @@ impl StridedView {
     pub unsafe fn gather<T: Copy>(&self) -> Result<Vec<T>, TryReserveError> {
         let mut out = Vec::new();
         out.try_reserve_exact(self.len())?;
-        self.for_each_offset(|off| out.push(unsafe { *(self.ptr.offset(off) as *const T) }));
+        self.for_each_offset(|off| {
+            // SAFETY: the caller's contract: every offset of the view addresses a valid, aligned T.
+            out.push(unsafe { *(self.ptr.offset(off) as *const T) })
+        });
         Ok(out)
     }
 
@@ -88,6 +93,8 @@ impl StridedView {
         let mut it = data.iter();
         self.for_each_offset(|off| {
             if let Some(v) = it.next() {
+                // SAFETY: the caller's contract: every offset addresses a valid, aligned,
+                // writable T.
                 unsafe { *(self.ptr.offset(off) as *mut T) = *v }
             }
         });
@@ -216,16 +223,19 @@ mod tests {
         let mut a: Vec<f64> = (0..24).map(|v| v as f64).collect();
         let row = 6 * 8isize;
         let view = StridedView {
+            // SAFETY: row 3 of `a`; shape and strides below stay inside `a`.
             ptr: unsafe { (a.as_mut_ptr() as *mut u8).offset(3 * row) },
             shape: vec![4, 3],
             strides: vec![-row, 16],
         };
+        // SAFETY: the view addresses valid, aligned f64s of `a` (see above).
         let got: Vec<f64> = unsafe { view.gather() }.unwrap();
         assert_eq!(
             got,
             vec![18., 20., 22., 12., 14., 16., 6., 8., 10., 0., 2., 4.]
         );
         let doubled: Vec<f64> = got.iter().map(|v| v * 2.0).collect();
+        // SAFETY: as for gather; `a` is writable and not otherwise borrowed.
         unsafe { view.scatter(&doubled) };
         assert_eq!(a[18], 36.0);
         assert_eq!(a[19], 19.0);
@@ -254,6 +264,7 @@ mod tests {
             (vec![3], vec![8], 1 << 40)
         );
         assert!(d.is_dense(8));
+        // SAFETY: the distinct view addresses the three f64s of the buffer above.
         assert_eq!(unsafe { d.gather::<f64>() }.unwrap(), vec![1.0, 2.0, 3.0]);
         // (5, 1, 7, 2) with strides (8, 0, 0, 16): a length-1 axis is not a repeat
         let (d, rep) = view(p, &[5, 1, 7, 2], &[8, 0, 0, 16]).distinct();
@@ -298,6 +309,8 @@ mod tests {
     fn an_impossible_copy_is_an_error_not_an_abort() {
         let mut a = [1.0f64];
         let v = view(a.as_mut_ptr() as *mut u8, &[1 << 40, 1 << 20], &[8, 0]);
+        // SAFETY: the reservation of 2^60 elements fails before
+        // any element is read, so no offset is ever dereferenced.
         assert!(unsafe { v.gather::<f64>() }.is_err());
     }
 }

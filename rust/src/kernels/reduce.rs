@@ -644,7 +644,7 @@ mod tests {
             let k = NormType::P(p);
             let mut acc = Partial::ZERO;
             for &x in xs {
-                acc = acc.combine(partial_norm(&[x], k, Isa::Baseline), k);
+                acc = acc.combine(partial_norm(&[x], k, Isa::baseline()), k);
             }
             let got = acc.norm(k);
             assert!(
@@ -654,7 +654,7 @@ mod tests {
         }
         // 1000 partials of 1e153: norm sqrt(1000) * 1e153
         let k = NormType::P(2.0);
-        let one = partial_norm(&[1e153f64], k, Isa::Baseline);
+        let one = partial_norm(&[1e153f64], k, Isa::baseline());
         let acc = (0..1000).fold(Partial::ZERO, |a, _| a.combine(one, k));
         let want = 1000f64.sqrt() * 1e153;
         assert!(
@@ -663,14 +663,14 @@ mod tests {
             acc.norm(k)
         );
         // a true norm above the range is still inf
-        let big = partial_norm(&[1.5e308f64], k, Isa::Baseline);
+        let big = partial_norm(&[1.5e308f64], k, Isa::baseline());
         assert_eq!(big.combine(big, k).norm(k), f64::INFINITY);
         // plain and scaled partials far apart keep full precision
-        let tiny = partial_norm(&[3e-200f64, 4e-200], k, Isa::Baseline);
-        let huge = partial_norm(&[3e200f64, 4e200], k, Isa::Baseline);
+        let tiny = partial_norm(&[3e-200f64, 4e-200], k, Isa::baseline());
+        let huge = partial_norm(&[3e200f64, 4e200], k, Isa::baseline());
         assert_eq!(tiny.combine(huge, k).norm(k), huge.norm(k));
-        let plain = partial_norm(&[3.0f64, 4.0], k, Isa::Baseline);
-        let scaled = partial_norm(&[3e-170f64, 4e-170], k, Isa::Baseline);
+        let plain = partial_norm(&[3.0f64, 4.0], k, Isa::baseline());
+        let scaled = partial_norm(&[3e-170f64, 4e-170], k, Isa::baseline());
         assert_eq!(plain.combine(scaled, k).norm(k), 5.0);
         assert_eq!(scaled.combine(plain, k).norm(k), 5.0);
     }

@@ -113,6 +113,8 @@ const _: () = assert!(std::mem::size_of::<Buf>() == 32);
 // SAFETY: a Buf only describes memory owned by an ndarray that the call holds (see `Checked`)
 // for its whole duration; in-place calls reject overlapping buffers before any Buf is used.
 unsafe impl Send for Buf {}
+// SAFETY: as for Send: shared access only reads the description; writes happen on disjoint
+// buffers under a write claim.
 unsafe impl Sync for Buf {}
 
 /// A contiguous copy of a strided buffer.
@@ -208,6 +210,8 @@ unsafe fn tensor<'a>(
         Some(Owned::F64(v)) => Tensor::F64(v),
         Some(Owned::F16(v)) => Tensor::F16(v),
         Some(Owned::BF16(v)) => Tensor::BF16(v),
+        // SAFETY: the caller guarantees the memory is live for 'a; `ptr` is aligned for `dtype`
+        // and holds `len` elements (a dangling, aligned pointer when `len == 0`).
         None => unsafe {
             let p = if len == 0 {
                 std::ptr::NonNull::<u64>::dangling().as_ptr() as *const u8
@@ -240,6 +244,7 @@ unsafe fn tensor_mut<'a>(
         Some(Owned::F64(v)) => TensorMut::F64(v),
         Some(Owned::F16(v)) => TensorMut::F16(v),
         Some(Owned::BF16(v)) => TensorMut::BF16(v),
+        // SAFETY: as in `tensor`, and the caller guarantees the memory is not aliased for 'a.
         None => unsafe {
             let p = if len == 0 {
                 std::ptr::NonNull::<u64>::dangling().as_ptr() as *mut u8
@@ -273,6 +278,8 @@ impl Buf {
     /// # Safety
     /// The buffer must be contiguous and its memory live for `'a`.
     unsafe fn in_place<'a>(&self) -> Tensor<'a> {
+        // SAFETY: forwarded from this function's contract; `ptr`/`len`/`dtype` come from the
+        // checked array.
         unsafe { tensor(self.dtype, self.ptr, self.len, None) }
     }
 
@@ -281,6 +288,7 @@ impl Buf {
     /// # Safety
     /// As for [`in_place`](Self::in_place), and not aliased elsewhere for `'a`.
     unsafe fn in_place_mut<'a>(&self) -> TensorMut<'a> {
+        // SAFETY: forwarded from this function's contract, as in `in_place`.
         unsafe { tensor_mut(self.dtype, self.ptr, self.len, None) }
     }
 

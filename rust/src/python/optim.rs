@@ -240,7 +240,9 @@ fn run(py: Python<'_>, lists: Vec<List<'_>>, rule: Rule, hyper: Vec<Hyper>) -> P
             // are writeable, name no element twice and share no byte with any other buffer
             // (checked); each is walked in the order its tensor's arrays agree on (`layouts`).
             let (pb, gb) = (&bufs[0][i], &bufs[1][i]);
+            // SAFETY: see above: live, writeable, disjoint, walked in the agreed order.
             let p = unsafe { tensor_mut(pb.dtype, pb.ptr, pb.len, po.as_mut()) };
+            // SAFETY: as above (the grad is only read).
             let g = unsafe { tensor(gb.dtype, gb.ptr, gb.len, go.as_ref()) };
             let mut st: Vec<TensorMut<'_>> = state_iters
                 .iter_mut()
@@ -248,6 +250,7 @@ fn run(py: Python<'_>, lists: Vec<List<'_>>, rule: Rule, hyper: Vec<Hyper>) -> P
                 .map(|(k, it)| {
                     let o = it.next().expect("one state per parameter");
                     let b = &bufs[2 + k][i];
+                    // SAFETY: as above: a live, writeable state array disjoint from the others.
                     unsafe { tensor_mut(b.dtype, b.ptr, b.len, o.as_mut()) }
                 })
                 .collect();
