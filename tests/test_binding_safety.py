@@ -20,10 +20,10 @@ import textwrap
 import fastclip as fc
 import numpy as np
 import pytest
-from conftest import BF16, assert_rel, dtype_id, ref_norm, same_bits, scaled_ref, torch_coef
 from fastclip import _fastclip
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from refs import BF16, assert_rel, dtype_id, ref_norm, same_bits, scaled_ref, torch_coef
 
 as_strided = np.lib.stride_tricks.as_strided
 

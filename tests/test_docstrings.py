@@ -10,9 +10,8 @@ import doctest
 import importlib
 import pkgutil
 
-import pytest
-
 import fastclip
+import pytest
 
 OPTIONAL = {"torch", "cupy", "mpi4py", "matplotlib", "paddle", "jax"}
 
