@@ -32,6 +32,7 @@ lint: $(VENV)/.deps
 	cargo clippy --all-targets --all-features -q -- -D warnings
 	$(VENV)/bin/ruff check python tests benches scripts
 	$(PY) -m mypy.stubtest fastclip._fastclip
+	$(PY) -m mypy
 
 test-rust:
 	cargo test --release -q

@@ -150,7 +150,11 @@ def _units(a: np.ndarray, kept: tuple[int, ...]) -> list[np.ndarray]:
     v = a if kept == tuple(range(k)) else np.moveaxis(a, kept, tuple(range(k)))
     if k == 1:
         return [v[i, ...] for i in range(v.shape[0])]
-    return [v[(*idx, Ellipsis)] for idx in np.ndindex(*v.shape[:k])]
+    out = []
+    for idx in np.ndindex(*v.shape[:k]):
+        key = (*idx, Ellipsis)  # v[*idx, ...]: a 0-D view (not a scalar) when no axis is reduced
+        out.append(v[key])
+    return out
 
 
 def _unit_norms(ops: Any, units: list[np.ndarray], name: str, positions: list[int]) -> list[float]:
@@ -941,7 +945,7 @@ class AdaGC(PlannedClip):
         h_warm: float | None = None
         factors: list[float] = []
         thresholds: list[float] = []
-        updates: list[tuple[Any, bool, float]] = []  # (key, warm-up rule, ||ĝ||) to commit
+        updates: list[tuple[Any, bool, float | None]] = []  # (key, warm-up rule, ||ĝ|| or None) to commit
         any_warm = False
         for key, n in zip(keys, norms):
             gamma = self._gamma.get(key)

@@ -43,13 +43,13 @@ def _median_ms(fn: Callable[[], object], comm: Any, repeat: int) -> float:
 def worker(repeat: int, scale: float) -> int:
     from mpi4py import MPI
 
-    from . import bench
     from . import functional as fc
+    from ._bench.workloads import gpt2_small_shapes
     from .distributed import FIELDS, as_communicator
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    shapes = bench.gpt2_small_shapes()
+    shapes = gpt2_small_shapes()
     sizes = [max(1, int(np.prod(s) * scale)) for s in shapes]
     total = sum(sizes)
     flat = np.random.default_rng(rank).standard_normal(total // size + 1, dtype=np.float32)
@@ -78,6 +78,7 @@ def worker(repeat: int, scale: float) -> int:
     gathered = comm.gather((elements, len(shard), results), root=0)
     if rank != 0:
         return 0
+    assert gathered is not None  # the root receives every rank's tuple
     print(
         f"GPT-2 small float32 gradients (scale {scale}: {total:,} elements, {len(shapes)} tensors) "
         f"over {size} MPI rank(s), medians of {repeat} calls, ms"

@@ -177,10 +177,16 @@ def first_nonfinite(losses: list[float | None]) -> int | None:
     return next((t for t, loss in enumerate(losses) if loss is None), None)
 
 
+def _finite_tail(losses: list[float | None]) -> list[float] | None:
+    """The last :data:`SETTLE_WINDOW` losses, or None if one of them is None (non-finite)."""
+    tail = [v for v in losses[-SETTLE_WINDOW:] if v is not None]
+    return tail if len(tail) == len(losses[-SETTLE_WINDOW:]) else None
+
+
 def settled(losses: list[float | None]) -> bool:
     """Whether the median of the last 10 losses is finite and below 2.0 (the demo's "it settled")."""
-    tail = losses[-SETTLE_WINDOW:]
-    return all(v is not None for v in tail) and float(np.median(tail)) < SETTLE_LOSS
+    tail = _finite_tail(losses)
+    return tail is not None and float(np.median(tail)) < SETTLE_LOSS
 
 
 def _fmt(v: float | None) -> str:
@@ -201,8 +207,8 @@ def format_table(curves: dict[str, list[float | None]]) -> str:
     lines.append("-" * len(lines[0]))
     row = "".join(str(k if (k := first_nonfinite(curves[n])) is not None else "-").rjust(width) for n in names)
     lines.append("first non-finite" + row)
-    tails = [curves[n][-SETTLE_WINDOW:] for n in names]
-    meds = [_fmt(float(np.median(tail))) if all(v is not None for v in tail) else "-" for tail in tails]
+    tails = [_finite_tail(curves[n]) for n in names]
+    meds = ["-" if tail is None else _fmt(float(np.median(tail))) for tail in tails]
     lines.append(f"median last {min(SETTLE_WINDOW, steps):<4}" + "".join(m.rjust(width) for m in meds))
     return "\n".join(lines)
 

@@ -167,7 +167,10 @@ def worker(seed: int, steps: int) -> int:
     for setting in SETTINGS:
         losses, desc, rows = train_sharded(experiment, setting, comm)
         curves[setting] = losses
-        described = comm.gather((desc, rows), root=0) if setting == SETTINGS[0] else described
+        if setting == SETTINGS[0]:
+            gathered = comm.gather((desc, rows), root=0)  # None on every rank but the root
+            if gathered is not None:
+                described = gathered
     if rank != 0:
         return 0
     print(

@@ -147,8 +147,8 @@ def _channel(group: Any) -> _Channel:
     with _channels_lock:
         hit = _channels.get(key)
         if hit is not None:
-            ref, ch = hit
-            held = ref() if isinstance(ref, weakref.ref) else ref
+            old, ch = hit
+            held = old() if isinstance(old, weakref.ref) else old
             if held is group:
                 return ch
     comm, ranks = _adapt(group)
@@ -184,7 +184,7 @@ def as_communicator(group: Any) -> Communicator:
     >>> as_communicator(Solo()).size
     1
     """
-    return _channel(group).comm  # type: ignore[no-any-return]
+    return _channel(group).comm
 
 
 # --- combining norms exactly ----------------------------------------------------------------------
@@ -483,7 +483,7 @@ def replicated_flags(replicated: Any, n: int, name: str = "grads") -> list[bool]
     return [bool(f) for f in flags]
 
 
-def _dtensor_type() -> type | None:
+def _dtensor_type() -> type[Any] | None:
     """``torch.distributed.tensor.DTensor`` if torch is already imported and has it."""
     if "torch" not in sys.modules:
         return None

@@ -89,6 +89,12 @@ class Layer:
     (``RuntimeError`` otherwise).
     """
 
+    # Set in __init__ with object.__setattr__ (bypassing the registration in __setattr__).
+    _parameters: dict[str, Parameter]
+    _sub_layers: dict[str, Layer]
+    _full_name: str
+    _called: list[Layer] | None
+
     def __init__(self, name_scope: str | None = None) -> None:
         prefix = name_scope or re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).lower()
         object.__setattr__(self, "_parameters", {})
@@ -238,7 +244,9 @@ class Linear(Layer):
             raise ValueError("Linear needs a weight: weight_attr=False is not supported")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
-        self.weight = self.create_parameter([self.in_features, self.out_features], weight_attr, is_bias=False)
+        weight = self.create_parameter([self.in_features, self.out_features], weight_attr, is_bias=False)
+        assert weight is not None  # None only for weight_attr=False, rejected above
+        self.weight: Parameter = weight
         self.bias = self.create_parameter([self.out_features], bias_attr, is_bias=True)
         self._input: np.ndarray | None = None
 

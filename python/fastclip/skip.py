@@ -153,7 +153,7 @@ class _Counters:
             raise ValueError(
                 f"inconsistent counters: skipped={skipped}, consecutive={consecutive}, total_skipped={total}"
             )
-        inner = getattr(self, "_inner_clip", None)
+        inner: Any = getattr(self, "_inner_clip", None)
         inner_state = s.get("inner")
         if hasattr(inner, "load_state_dict"):
             inner.load_state_dict(inner_state)  # validates before changing anything
