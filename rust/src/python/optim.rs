@@ -12,7 +12,8 @@ use numpy::PyUntypedArrayMethods;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use super::{Buf, Checked, DType, NoCopy, Owned, check, guard, tensor, tensor_mut};
+use super::buffers::{Buf, Checked, DType, NoCopy, Owned, check, tensor, tensor_mut};
+use super::guard::guard;
 use crate::claims;
 use crate::multi::{Tensor, TensorMut};
 use crate::optim::{self, Hyper, Rule, Slots, Update};
