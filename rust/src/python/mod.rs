@@ -47,12 +47,14 @@ use pyo3::prelude::*;
 use crate::kernels::NormType;
 use crate::multi::{self, Op};
 
+mod args;
 mod buffers;
 mod guard;
 mod optim;
 mod overlap;
 mod passes;
 
+use args::PerTensor;
 use buffers::{Need, NotArrays, check, check_for, check_writes, recheck};
 use guard::guard;
 use passes::{Ops, apply, norms_of};
@@ -120,37 +122,26 @@ fn norm_scale_(
         Ok(total)
     })
 }
-#[derive(FromPyObject)]
-enum Factors {
-    One(f64),
-    Each(Vec<f64>),
-}
-
 /// scale_(arrays, factors, name="grads") -> None: arrays[i] *= factors[i] (or one factor for all).
 #[pyfunction]
 #[pyo3(signature = (arrays, factors, name="grads", positions=None))]
 fn scale_(
     py: Python<'_>,
     arrays: &Bound<'_, PyAny>,
-    factors: Factors,
+    factors: PerTensor,
     name: &str,
     positions: Option<Vec<usize>>,
 ) -> PyResult<()> {
     guard(|| {
         let positions = positions.as_deref();
         let c = check(arrays, name, positions, true)?;
+        let n = c.bufs.len();
+        factors
+            .fits(n)
+            .map_err(|got| PyValueError::new_err(format!("got {got} factors for {n} arrays")))?;
         let ops = match factors {
-            Factors::One(f) => Ops::All(Op::Scale(f)),
-            Factors::Each(v) => {
-                if v.len() != c.bufs.len() {
-                    return Err(PyValueError::new_err(format!(
-                        "got {} factors for {} arrays",
-                        v.len(),
-                        c.bufs.len()
-                    )));
-                }
-                Ops::Each(v.into_iter().map(Op::Scale).collect())
-            }
+            PerTensor::One(f) => Ops::All(Op::Scale(f)),
+            PerTensor::Each(v) => Ops::Each(v.into_iter().map(Op::Scale).collect()),
         };
         apply(py, &c.bufs, ops).map_err(|e| e.into_err(name, positions))
     })

@@ -12,32 +12,13 @@ use numpy::PyUntypedArrayMethods;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+use super::args::PerTensor;
 use super::buffers::{Buf, Checked, DType, NoCopy, Owned, check, tensor, tensor_mut};
 use super::guard::guard;
 use crate::claims;
 use crate::multi::{Tensor, TensorMut};
 use crate::optim::{self, Hyper, Rule, Slots, Update};
 use crate::strided::StridedView;
-
-/// A hyperparameter given once for every tensor, or once per tensor.
-#[derive(FromPyObject)]
-pub(super) enum PerTensor {
-    One(f64),
-    Each(Vec<f64>),
-}
-
-impl PerTensor {
-    fn expand(self, n: usize, name: &str) -> PyResult<Vec<f64>> {
-        match self {
-            PerTensor::One(v) => Ok(vec![v; n]),
-            PerTensor::Each(v) if v.len() == n => Ok(v),
-            PerTensor::Each(v) => Err(PyValueError::new_err(format!(
-                "{name} has {} values for {n} parameters",
-                v.len()
-            ))),
-        }
-    }
-}
 
 /// A shape as Python writes it: `(3,)`, `(2, 3)`, `()`.
 fn shape_str(s: &[usize]) -> String {
@@ -322,18 +303,24 @@ fn hypers(
     weight_decay: PerTensor,
     pows: Option<(PerTensor, PerTensor)>,
 ) -> PyResult<Vec<Hyper>> {
-    let lr = lr.expand(n, "lr")?;
-    let wd = weight_decay.expand(n, "weight_decay")?;
-    let (b1, b2) = match pows {
-        Some((b1, b2)) => (b1.expand(n, "beta1_pow")?, b2.expand(n, "beta2_pow")?),
-        None => (vec![0.0; n], vec![0.0; n]),
-    };
+    let zero = (PerTensor::One(0.0), PerTensor::One(0.0));
+    let (b1, b2) = pows.unwrap_or(zero);
+    for (v, name) in [
+        (&lr, "lr"),
+        (&weight_decay, "weight_decay"),
+        (&b1, "beta1_pow"),
+        (&b2, "beta2_pow"),
+    ] {
+        v.fits(n).map_err(|got| {
+            PyValueError::new_err(format!("{name} has {got} values for {n} parameters"))
+        })?;
+    }
     Ok((0..n)
         .map(|i| Hyper {
-            lr: lr[i],
-            weight_decay: wd[i],
-            beta1_pow: b1[i],
-            beta2_pow: b2[i],
+            lr: lr.at(i),
+            weight_decay: weight_decay.at(i),
+            beta1_pow: b1.at(i),
+            beta2_pow: b2.at(i),
         })
         .collect())
 }
