@@ -57,7 +57,7 @@ mod passes;
 use args::PerTensor;
 use buffers::{Need, NotArrays, check, check_for, check_writes, recheck};
 use guard::guard;
-use passes::{Ops, apply, norms_of};
+use passes::{apply, norms_of};
 
 fn norm_type(p: f64) -> PyResult<NormType> {
     NormType::new(p).ok_or_else(|| {
@@ -118,7 +118,7 @@ fn norm_scale_(
         let factor: f64 = coefficient.call1((total,))?.extract()?;
         recheck(&mut c, name, positions)?;
         check_writes(&c.bufs, name, positions)?;
-        apply(py, &c.bufs, Ops::All(Op::Scale(factor))).map_err(|e| e.into_err(name, positions))?;
+        apply(py, &c.bufs, |_| Op::Scale(factor)).map_err(|e| e.into_err(name, positions))?;
         Ok(total)
     })
 }
@@ -139,11 +139,7 @@ fn scale_(
         factors
             .fits(n)
             .map_err(|got| PyValueError::new_err(format!("got {got} factors for {n} arrays")))?;
-        let ops = match factors {
-            PerTensor::One(f) => Ops::All(Op::Scale(f)),
-            PerTensor::Each(v) => Ops::Each(v.into_iter().map(Op::Scale).collect()),
-        };
-        apply(py, &c.bufs, ops).map_err(|e| e.into_err(name, positions))
+        apply(py, &c.bufs, |i| Op::Scale(factors.at(i))).map_err(|e| e.into_err(name, positions))
     })
 }
 
@@ -166,7 +162,7 @@ fn clamp_(
             )));
         }
         let c = check(arrays, name, positions, true)?;
-        apply(py, &c.bufs, Ops::All(Op::Clamp(lo, hi))).map_err(|e| e.into_err(name, positions))
+        apply(py, &c.bufs, |_| Op::Clamp(lo, hi)).map_err(|e| e.into_err(name, positions))
     })
 }
 

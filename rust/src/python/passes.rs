@@ -38,7 +38,7 @@ pub(super) fn norms_of(
     if bufs.iter().all(|b| b.strided.is_none()) {
         // SAFETY: contiguous buffers of arrays the call holds.
         let tensor = |i: usize| unsafe { bufs[i].in_place() };
-        return Ok(multi::norms_by(bufs.len(), tensor, norm, per_tensor, isa));
+        return Ok(multi::norms(bufs.len(), tensor, norm, per_tensor, isa));
     }
     let access: Vec<Access> = bufs.iter().map(Buf::distinct).collect();
     // SAFETY: each access describes memory of an array the call holds.
@@ -55,10 +55,10 @@ pub(super) fn norms_of(
     let (plain, rep): (Vec<usize>, Vec<usize>) =
         (0..bufs.len()).partition(|&i| access[i].repeat == 1);
     if rep.is_empty() {
-        return Ok(multi::norms_by(bufs.len(), tensor, norm, per_tensor, isa));
+        return Ok(multi::norms(bufs.len(), tensor, norm, per_tensor, isa));
     }
-    let a = multi::norms_by(plain.len(), |k| tensor(plain[k]), norm, per_tensor, isa);
-    let b = multi::norms_by(rep.len(), |k| tensor(rep[k]), norm, true, isa);
+    let a = multi::norms(plain.len(), |k| tensor(plain[k]), norm, per_tensor, isa);
+    let b = multi::norms(rep.len(), |k| tensor(rep[k]), norm, true, isa);
     let mut total = repeated(a.total, 1, norm);
     let mut each = vec![0.0; if per_tensor { bufs.len() } else { 0 }];
     if per_tensor {
@@ -79,24 +79,20 @@ pub(super) fn norms_of(
     })
 }
 
-/// The operation of an in-place call: one for every array, or one each.
-pub(super) enum Ops {
-    All(Op),
-    Each(Vec<Op>),
-}
-
-/// Apply `ops` in place under a write claim (releases the GIL). Every copy a strided buffer
+/// Apply `op_of(i)` to `bufs[i]` in place under a write claim (releases the GIL). Every copy a strided buffer
 /// needs is made before anything is written, so a copy that cannot be allocated changes
 /// nothing. An element a view names more than once (broadcast axes, sliding windows) gets the
 /// op once: broadcast axes are dropped, other aliases are written the same value.
-pub(super) fn apply(py: Python<'_>, bufs: &[Buf], ops: Ops) -> Result<(), NoCopy> {
+pub(super) fn apply(
+    py: Python<'_>,
+    bufs: &[Buf],
+    op_of: impl Fn(usize) -> Op + Sync,
+) -> Result<(), NoCopy> {
     py.detach(|| {
         // Taken and released without the GIL, so a waiting call never blocks the one it waits on.
         let _claim = claims::claim(bufs.iter().map(Buf::byte_range), true);
-        let run = |tensors: Vec<TensorMut<'_>>| match &ops {
-            Ops::All(op) => multi::apply_all(tensors, *op),
-            Ops::Each(ops) => multi::apply_each(tensors, ops),
-        };
+        let isa = crate::isa::current();
+        let run = |tensors: Vec<TensorMut<'_>>| multi::apply(tensors, &op_of, isa);
         if bufs.iter().all(|b| b.strided.is_none()) {
             // SAFETY: the arrays are live, writeable and pairwise disjoint (checked).
             run(bufs.iter().map(|b| unsafe { b.in_place_mut() }).collect());
