@@ -285,29 +285,46 @@ impl Buf {
     }
 }
 
-/// The contiguous copies `access` needs, by position (`None` where it is used in place).
+/// The contiguous copies a list of buffers needs, by position: for each buffer its dtype and
+/// the view to copy (`None` where it is used in place). The first copy that cannot be
+/// allocated is the error (`list` says which list of the call it is in); nothing is written.
 ///
 /// # Safety
-/// Every access must describe live memory of its buffer's dtype.
-pub(super) unsafe fn copies(
-    bufs: &[Buf],
-    access: &[Access],
+/// Every view must describe live memory of its dtype.
+pub(super) unsafe fn copies<'v>(
+    views: impl ExactSizeIterator<Item = (DType, Option<&'v StridedView>)>,
     list: usize,
 ) -> Result<Vec<Option<Owned>>, NoCopy> {
-    let mut out = Vec::with_capacity(bufs.len());
-    for (i, (b, a)) in bufs.iter().zip(access).enumerate() {
-        out.push(match &a.view {
+    let mut out = Vec::with_capacity(views.len());
+    for (index, (dtype, view)) in views.enumerate() {
+        out.push(match view {
             None => None,
             // SAFETY: as the caller promises.
-            Some(v) => Some(unsafe { Owned::gather(v, b.dtype) }.map_err(|_| NoCopy {
-                index: i,
+            Some(v) => Some(unsafe { Owned::gather(v, dtype) }.map_err(|_| NoCopy {
+                index,
                 list,
                 elements: v.len(),
-                dtype: b.dtype,
+                dtype,
             })?),
         });
     }
     Ok(out)
+}
+
+/// Copy each copy of [`copies`] back into its view (pairs without both are skipped).
+///
+/// # Safety
+/// As for [`copies`], and the memory must be writable and not in use.
+pub(super) unsafe fn scatter_back<'v>(
+    views: impl Iterator<Item = Option<&'v StridedView>>,
+    owned: &[Option<Owned>],
+) {
+    for (v, o) in views.zip(owned) {
+        if let (Some(v), Some(o)) = (v, o) {
+            // SAFETY: as the caller promises.
+            unsafe { o.scatter(v) };
+        }
+    }
 }
 
 /// The array's dtype, and NumPy's type number of it.

@@ -13,7 +13,9 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::args::PerTensor;
-use super::buffers::{Buf, Checked, DType, NoCopy, Owned, check, tensor, tensor_mut};
+use super::buffers::{
+    Buf, Checked, DType, NoCopy, Owned, check, copies, scatter_back, tensor, tensor_mut,
+};
 use super::guard::guard;
 use crate::claims;
 use crate::multi::{Tensor, TensorMut};
@@ -198,20 +200,9 @@ fn run(py: Python<'_>, lists: Vec<List<'_>>, rule: Rule, hyper: Vec<Hyper>) -> P
         );
         let mut owned: Vec<Vec<Option<Owned>>> = Vec::with_capacity(bufs.len());
         for (k, (l, vs)) in bufs.iter().zip(&views).enumerate() {
-            let mut o = Vec::with_capacity(vs.len());
-            for (i, (b, v)) in l.iter().zip(vs).enumerate() {
-                o.push(match v {
-                    None => None,
-                    // SAFETY: the view describes live memory of an array the call holds.
-                    Some(v) => Some(unsafe { Owned::gather(v, b.dtype) }.map_err(|_| NoCopy {
-                        index: i,
-                        list: k,
-                        elements: v.len(),
-                        dtype: b.dtype,
-                    })?),
-                });
-            }
-            owned.push(o);
+            let list = l.iter().zip(vs).map(|(b, v)| (b.dtype, v.as_ref()));
+            // SAFETY: every view describes live memory of an array the call holds.
+            owned.push(unsafe { copies(list, k)? });
         }
         let (head, states) = owned.split_at_mut(2);
         let (p_owned, g_owned) = head.split_at_mut(1);
@@ -277,12 +268,8 @@ fn run(py: Python<'_>, lists: Vec<List<'_>>, rule: Rule, hyper: Vec<Hyper>) -> P
         if r.is_ok() {
             for ((w, o), vs) in writes.iter().zip(&owned).zip(&views) {
                 if *w {
-                    for (o, v) in o.iter().zip(vs) {
-                        if let (Some(o), Some(v)) = (o, v) {
-                            // SAFETY: as above; the update is done with the copy.
-                            unsafe { o.scatter(v) };
-                        }
-                    }
+                    // SAFETY: as above; the update is done with the copies.
+                    unsafe { scatter_back(vs.iter().map(Option::as_ref), o) };
                 }
             }
         }

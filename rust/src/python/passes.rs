@@ -4,10 +4,11 @@
 
 use pyo3::prelude::*;
 
-use super::buffers::{Access, Buf, NoCopy, copies, tensor, tensor_mut};
+use super::buffers::{Access, Buf, NoCopy, copies, scatter_back, tensor, tensor_mut};
 use crate::claims;
 use crate::kernels::{NormType, Partial};
 use crate::multi::{self, Op, TensorMut};
+use crate::strided::StridedView;
 
 /// The partial (sum of p-th powers, or max) of a tensor whose norm is `n` and whose every
 /// element stands for `repeat` elements: `n^p * repeat` as the pair (scale n, sum repeat),
@@ -42,7 +43,7 @@ pub(super) fn norms_of(
     }
     let access: Vec<Access> = bufs.iter().map(Buf::distinct).collect();
     // SAFETY: each access describes memory of an array the call holds.
-    let owned = unsafe { copies(bufs, &access, 0)? };
+    let owned = unsafe { copies(views(bufs, &access), 0)? };
     // SAFETY: as above; a copy lives as long as `owned`.
     let tensor = |i: usize| unsafe {
         tensor(
@@ -100,7 +101,7 @@ pub(super) fn apply(
         }
         let access: Vec<Access> = bufs.iter().map(Buf::distinct).collect();
         // SAFETY: each access describes memory of an array the call holds.
-        let mut owned = unsafe { copies(bufs, &access, 0)? };
+        let mut owned = unsafe { copies(views(bufs, &access), 0)? };
         // SAFETY: the arrays are live, writeable and pairwise disjoint (checked); a dense
         // access names each element once.
         let tensors = access
@@ -110,12 +111,18 @@ pub(super) fn apply(
             .map(|((a, b), o)| unsafe { tensor_mut(b.dtype, a.ptr, a.len, o.as_mut()) })
             .collect();
         run(tensors);
-        for (a, o) in access.iter().zip(&owned) {
-            if let (Some(v), Some(o)) = (&a.view, o) {
-                // SAFETY: as above; the engine is done with the copy.
-                unsafe { o.scatter(v) };
-            }
-        }
+        // SAFETY: as above; the engine is done with the copies.
+        unsafe { scatter_back(access.iter().map(|a| a.view.as_ref()), &owned) };
         Ok(())
     })
+}
+
+/// What [`copies`] needs of `bufs` reached through `access`.
+fn views<'v>(
+    bufs: &[Buf],
+    access: &'v [Access],
+) -> impl ExactSizeIterator<Item = (super::buffers::DType, Option<&'v StridedView>)> {
+    bufs.iter()
+        .zip(access)
+        .map(|(b, a)| (b.dtype, a.view.as_ref()))
 }
