@@ -5,6 +5,11 @@
 //! checked before any is touched: dtype, byte order, alignment, writeability (for in-place
 //! calls) and, for in-place calls, that no two arrays share memory.
 //!
+//! This file is the function table. Beside it: `buffers` (what a checked array is, the checks,
+//! what keeps the arrays alive, the strided copies), `overlap` (disjointness of in-place
+//! arrays), `passes` (the norm and in-place passes under a claim), `args` (shared non-array
+//! arguments), `guard` (the panic guard) and `optim` (the optimizer entry points).
+//!
 //! # What a call guarantees about the memory it works on
 //!
 //! The passes read `PyArrayObject` fields and raw pointers (rust-numpy's borrow tracking costs
