@@ -93,6 +93,7 @@ fn kernels_by_dtype(c: &mut Criterion) {
 
 /// The engine on a DRAM-sized buffer and on many small tensors: threads + chunking + kernel.
 fn engine(c: &mut Criterion) {
+    let isa = isa::current();
     let big: usize = std::env::var("FASTCLIP_BENCH_BIG")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -102,14 +103,22 @@ fn engine(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Bytes((big * 4) as u64));
     g.bench_function(BenchmarkId::new("sumsq", big), |b| {
-        b.iter(|| multi::norms(&[Tensor::F32(black_box(&x))], NormType::P(2.0), false))
+        b.iter(|| {
+            multi::norms(
+                1,
+                |_| Tensor::F32(black_box(&x)),
+                NormType::P(2.0),
+                false,
+                isa,
+            )
+        })
     });
     // two read+write passes per iteration
     g.throughput(Throughput::Bytes((big * 16) as u64));
     g.bench_function(BenchmarkId::new("scale", big), |b| {
         b.iter(|| {
-            multi::apply_each(vec![TensorMut::F32(&mut x)], &[Op::Scale(2.0)]);
-            multi::apply_each(vec![TensorMut::F32(&mut x)], &[Op::Scale(0.5)]);
+            multi::apply(vec![TensorMut::F32(&mut x)], |_| Op::Scale(2.0), isa);
+            multi::apply(vec![TensorMut::F32(&mut x)], |_| Op::Scale(0.5), isa);
         })
     });
     g.finish();
@@ -120,14 +129,14 @@ fn engine(c: &mut Criterion) {
     g.bench_function("sumsq", |b| {
         b.iter(|| {
             let t: Vec<Tensor> = small.iter().map(|v| Tensor::F32(v)).collect();
-            multi::norms(black_box(&t), NormType::P(2.0), true)
+            let t = black_box(&t);
+            multi::norms(t.len(), |i| t[i], NormType::P(2.0), true, isa)
         })
     });
     g.bench_function("scale", |b| {
         b.iter(|| {
             let t: Vec<TensorMut> = small.iter_mut().map(|v| TensorMut::F32(v)).collect();
-            let n = t.len();
-            multi::apply_each(t, &vec![Op::Scale(1.5); n]);
+            multi::apply(t, |_| Op::Scale(1.5), isa);
         })
     });
     g.finish();

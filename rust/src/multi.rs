@@ -14,7 +14,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::element::Element;
-use crate::isa::{self, Isa};
+use crate::isa::Isa;
 use crate::kernels::{self, NormType, Partial};
 use crate::pool;
 
@@ -180,19 +180,11 @@ pub fn run<I: Send, O: Send>(
     done.into_iter().flatten().collect()
 }
 
-/// Every tensor's norm and the total norm, in one pass. `per_tensor` may be skipped (empty).
+/// Every tensor's norm and the total norm, in one pass over the `count` tensors `tensor(0..count)`
+/// (given by index, so a caller needs no list of them). `per_tensor` may be skipped (empty).
 ///
 /// total = (sum_i sum_j |x_ij|^p)^(1/p), or max_ij |x_ij| for `Inf`; NaN if any element is NaN.
-pub fn norms(tensors: &[Tensor<'_>], norm: NormType, per_tensor: bool) -> Norms {
-    norms_with(tensors, norm, per_tensor, isa::current())
-}
-
-pub fn norms_with(tensors: &[Tensor<'_>], norm: NormType, per_tensor: bool, isa: Isa) -> Norms {
-    norms_by(tensors.len(), |i| tensors[i], norm, per_tensor, isa)
-}
-
-/// [`norms_with`] over `count` tensors given by index (so a caller needs no list of them).
-pub fn norms_by<'a>(
+pub fn norms<'a>(
     count: usize,
     tensor: impl Fn(usize) -> Tensor<'a>,
     norm: NormType,
@@ -266,7 +258,7 @@ pub enum Op {
     Clamp(f64, f64),
 }
 
-fn apply(t: TensorMut<'_>, op: Op, isa: Isa) {
+fn apply_one(t: TensorMut<'_>, op: Op, isa: Isa) {
     fn go<E: Element>(x: &mut [E], op: Op, isa: Isa) {
         match op {
             Op::Scale(f) => kernels::scale(x, f, isa),
@@ -276,23 +268,9 @@ fn apply(t: TensorMut<'_>, op: Op, isa: Isa) {
     each_dtype!(t, TensorMut, x => go(x, op, isa))
 }
 
-/// Apply `ops[i]` to `tensors[i]` in place, in parallel where it pays. A scale by exactly 1 is
-/// skipped (x * 1 == x).
-pub fn apply_each(tensors: Vec<TensorMut<'_>>, ops: &[Op]) {
-    apply_each_with(tensors, ops, isa::current())
-}
-
-pub fn apply_each_with(tensors: Vec<TensorMut<'_>>, ops: &[Op], isa: Isa) {
-    assert_eq!(tensors.len(), ops.len(), "one op per tensor");
-    apply_by(tensors, |i| ops[i], isa)
-}
-
-/// Apply one `op` to every tensor in place (as [`apply_each`] with `op` repeated).
-pub fn apply_all(tensors: Vec<TensorMut<'_>>, op: Op) {
-    apply_by(tensors, |_| op, isa::current())
-}
-
-fn apply_by(tensors: Vec<TensorMut<'_>>, op_of: impl Fn(usize) -> Op, isa: Isa) {
+/// Apply `op_of(i)` to `tensors[i]` in place, in parallel where it pays. A scale by exactly 1
+/// is skipped (x * 1 == x).
+pub fn apply(tensors: Vec<TensorMut<'_>>, op_of: impl Fn(usize) -> Op, isa: Isa) {
     let skip = |t: &TensorMut<'_>, op: Op| matches!(op, Op::Scale(f) if f == 1.0) || t.is_empty();
     let (mut total_len, mut count) = (0, 0);
     for (i, t) in tensors.iter().enumerate() {
@@ -306,7 +284,7 @@ fn apply_by(tensors: Vec<TensorMut<'_>>, op_of: impl Fn(usize) -> Op, isa: Isa) 
         for (i, t) in tensors.into_iter().enumerate() {
             let op = op_of(i);
             if !skip(&t, op) {
-                apply(t, op, isa);
+                apply_one(t, op, isa);
             }
         }
         return;
@@ -323,24 +301,25 @@ fn apply_by(tensors: Vec<TensorMut<'_>>, op_of: impl Fn(usize) -> Op, isa: Isa) 
         total_len,
         count,
         |(t, _)| t.len(),
-        |(t, op)| apply(t, op, isa),
+        |(t, op)| apply_one(t, op, isa),
     );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isa;
 
+    /// `n` values uniform in [-1, 1), as f32 (the crate's one test PRNG).
     fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
+        crate::testing::uniform(n, seed, -1.0, 1.0)
+            .into_iter()
+            .map(|v| v as f32)
             .collect()
+    }
+
+    fn all_norms(tensors: &[Tensor<'_>], norm: NormType) -> Norms {
+        norms(tensors.len(), |i| tensors[i], norm, true, isa::current())
     }
 
     fn with_threads<T: Send>(n: usize, f: impl FnOnce() -> T + Send) -> T {
@@ -371,9 +350,9 @@ mod tests {
             NormType::Inf,
             NormType::P(3.0),
         ] {
-            let one = with_threads(1, || norms(&tensors, norm, true));
+            let one = with_threads(1, || all_norms(&tensors, norm));
             for threads in [2, 3, 8] {
-                let many = with_threads(threads, || norms(&tensors, norm, true));
+                let many = with_threads(threads, || all_norms(&tensors, norm));
                 assert_eq!(
                     one.total.to_bits(),
                     many.total.to_bits(),
@@ -392,7 +371,7 @@ mod tests {
             .map(|i| data(1000 + i * 997, i as u64 + 9))
             .collect();
         let tensors: Vec<Tensor> = bufs.iter().map(|b| Tensor::F32(b)).collect();
-        let r = norms(&tensors, NormType::P(2.0), true);
+        let r = all_norms(&tensors, NormType::P(2.0));
         let flat: f64 = bufs
             .iter()
             .flatten()
@@ -408,7 +387,7 @@ mod tests {
                 .sqrt();
             assert!((n - want).abs() <= 1e-12 * want);
         }
-        let empty = norms(&[], NormType::P(2.0), true);
+        let empty = all_norms(&[], NormType::P(2.0));
         assert_eq!(empty.total, 0.0);
     }
 
@@ -429,7 +408,8 @@ mod tests {
                 })
                 .collect();
             with_threads(threads, || {
-                apply_each(bufs.iter_mut().map(|b| TensorMut::F32(b)).collect(), &ops)
+                let tensors = bufs.iter_mut().map(|b| TensorMut::F32(b)).collect();
+                apply(tensors, |i| ops[i], isa::current())
             });
             bufs
         };

@@ -12,31 +12,15 @@ use numpy::PyUntypedArrayMethods;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use super::{Buf, Checked, DType, NoCopy, Owned, check, guard, tensor, tensor_mut};
+use super::args::PerTensor;
+use super::buffers::{
+    Buf, Checked, DType, NoCopy, Owned, check, copies, scatter_back, tensor, tensor_mut,
+};
+use super::guard::guard;
 use crate::claims;
 use crate::multi::{Tensor, TensorMut};
 use crate::optim::{self, Hyper, Rule, Slots, Update};
 use crate::strided::StridedView;
-
-/// A hyperparameter given once for every tensor, or once per tensor.
-#[derive(FromPyObject)]
-pub(super) enum PerTensor {
-    One(f64),
-    Each(Vec<f64>),
-}
-
-impl PerTensor {
-    fn expand(self, n: usize, name: &str) -> PyResult<Vec<f64>> {
-        match self {
-            PerTensor::One(v) => Ok(vec![v; n]),
-            PerTensor::Each(v) if v.len() == n => Ok(v),
-            PerTensor::Each(v) => Err(PyValueError::new_err(format!(
-                "{name} has {} values for {n} parameters",
-                v.len()
-            ))),
-        }
-    }
-}
 
 /// A shape as Python writes it: `(3,)`, `(2, 3)`, `()`.
 fn shape_str(s: &[usize]) -> String {
@@ -216,20 +200,9 @@ fn run(py: Python<'_>, lists: Vec<List<'_>>, rule: Rule, hyper: Vec<Hyper>) -> P
         );
         let mut owned: Vec<Vec<Option<Owned>>> = Vec::with_capacity(bufs.len());
         for (k, (l, vs)) in bufs.iter().zip(&views).enumerate() {
-            let mut o = Vec::with_capacity(vs.len());
-            for (i, (b, v)) in l.iter().zip(vs).enumerate() {
-                o.push(match v {
-                    None => None,
-                    // SAFETY: the view describes live memory of an array the call holds.
-                    Some(v) => Some(unsafe { Owned::gather(v, b.dtype) }.map_err(|_| NoCopy {
-                        index: i,
-                        list: k,
-                        elements: v.len(),
-                        dtype: b.dtype,
-                    })?),
-                });
-            }
-            owned.push(o);
+            let list = l.iter().zip(vs).map(|(b, v)| (b.dtype, v.as_ref()));
+            // SAFETY: every view describes live memory of an array the call holds.
+            owned.push(unsafe { copies(list, k)? });
         }
         let (head, states) = owned.split_at_mut(2);
         let (p_owned, g_owned) = head.split_at_mut(1);
@@ -295,12 +268,8 @@ fn run(py: Python<'_>, lists: Vec<List<'_>>, rule: Rule, hyper: Vec<Hyper>) -> P
         if r.is_ok() {
             for ((w, o), vs) in writes.iter().zip(&owned).zip(&views) {
                 if *w {
-                    for (o, v) in o.iter().zip(vs) {
-                        if let (Some(o), Some(v)) = (o, v) {
-                            // SAFETY: as above; the update is done with the copy.
-                            unsafe { o.scatter(v) };
-                        }
-                    }
+                    // SAFETY: as above; the update is done with the copies.
+                    unsafe { scatter_back(vs.iter().map(Option::as_ref), o) };
                 }
             }
         }
@@ -321,18 +290,24 @@ fn hypers(
     weight_decay: PerTensor,
     pows: Option<(PerTensor, PerTensor)>,
 ) -> PyResult<Vec<Hyper>> {
-    let lr = lr.expand(n, "lr")?;
-    let wd = weight_decay.expand(n, "weight_decay")?;
-    let (b1, b2) = match pows {
-        Some((b1, b2)) => (b1.expand(n, "beta1_pow")?, b2.expand(n, "beta2_pow")?),
-        None => (vec![0.0; n], vec![0.0; n]),
-    };
+    let zero = (PerTensor::One(0.0), PerTensor::One(0.0));
+    let (b1, b2) = pows.unwrap_or(zero);
+    for (v, name) in [
+        (&lr, "lr"),
+        (&weight_decay, "weight_decay"),
+        (&b1, "beta1_pow"),
+        (&b2, "beta2_pow"),
+    ] {
+        v.fits(n).map_err(|got| {
+            PyValueError::new_err(format!("{name} has {got} values for {n} parameters"))
+        })?;
+    }
     Ok((0..n)
         .map(|i| Hyper {
-            lr: lr[i],
-            weight_decay: wd[i],
-            beta1_pow: b1[i],
-            beta2_pow: b2[i],
+            lr: lr.at(i),
+            weight_decay: weight_decay.at(i),
+            beta1_pow: b1.at(i),
+            beta2_pow: b2.at(i),
         })
         .collect())
 }
