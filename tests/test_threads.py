@@ -182,15 +182,21 @@ def test_gil_is_released_during_kernels():
 
     t = threading.Thread(target=spin)
     t.start()
+    inside: list[float] = []
     try:
-        time.sleep(0.01)
-        start = time.perf_counter()
-        total = fc.get_total_norm(big, 0.5)  # the slow (powf) path keeps the kernel busy
-        end = time.perf_counter()
+        # A loaded machine may not schedule the other thread in one window: up to 5 windows (with
+        # the GIL held, no window could ever see it).
+        for _ in range(5):
+            time.sleep(0.01)
+            start = time.perf_counter()
+            total = fc.get_total_norm(big, 0.5)  # the slow (powf) path keeps the kernel busy
+            end = time.perf_counter()
+            assert math.isfinite(total)
+            third = (end - start) / 3
+            inside = [s for s in list(seen) if start + third < s < end - third]
+            if inside:
+                break
     finally:
         done.set()
         t.join()
-    assert math.isfinite(total)
-    third = (end - start) / 3
-    inside = [s for s in seen if start + third < s < end - third]
     assert inside, f"no other Python thread ran during a {end - start:.3f} s call: the GIL was held"

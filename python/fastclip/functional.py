@@ -9,6 +9,8 @@ modified; on error nothing has changed.
 from __future__ import annotations
 
 import math
+import types
+import warnings
 from typing import Any
 
 from . import _fastclip
@@ -18,20 +20,57 @@ from ._checks import norm_type as _norm_type
 from ._checks import number as _number
 from ._checks import threshold as _threshold
 
-__all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
+__all__ = ["TotalNorm", "clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
 
 #: torch's guard against division by zero in the clip coefficient.
 EPS = 1e-6
+
+
+class TotalNorm(float):
+    """The total norm returned by :func:`get_total_norm` and :func:`clip_grad_norm_`: a ``float``
+    (so ``float()``, comparisons, arithmetic and formatting work as on any float) that also has
+    torch's 0-d tensor ``.item()``, so that code written for ``torch.nn.utils.clip_grad_norm_``'s
+    tensor result (``norm.item()``) runs unchanged.
+
+    >>> import numpy as np, fastclip as fc
+    >>> n = fc.get_total_norm([np.array([3.0, 4.0])])
+    >>> n.item(), float(n), n > 4, f"{n:.2f}"
+    (5.0, 5.0, True, '5.00')
+    """
+
+    __slots__ = ()
+
+    def item(self) -> float:
+        """The value as a plain Python ``float`` (torch's ``Tensor.item()``)."""
+        return float(self)
+
+
+def _foreach(value: Any) -> None:
+    """torch's ``foreach=``: ``None``, ``True`` or ``False``. fastclip always works on the whole
+    list in one call (torch's foreach kernels' behaviour), so the flag only gets checked."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"foreach must be None or a bool, not {type(value).__name__}")
+
+
+def _warn_if_empty_generator(grads: Any) -> Any:
+    """torch's warning for an exhausted generator (``model.parameters()`` read twice); returns
+    what to use in its place (the generator's items, read once)."""
+    if isinstance(grads, types.GeneratorType):
+        grads = list(grads)
+        if not grads:
+            warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.", stacklevel=3)
+    return grads
 
 
 def get_total_norm(
     grads: Any,
     norm_type: float | str = 2.0,
     error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
     *,
     group: Any = None,
     replicated: Any = None,
-) -> float:
+) -> TotalNorm:
     """The p-norm of all gradients taken together, as one flat vector.
 
     ``total = (sum_i sum_j |g_ij|^p)^(1/p)``; for ``p = inf``, ``max_ij |g_ij|``. Accumulated in
@@ -44,6 +83,9 @@ def get_total_norm(
     the same total of all shards, in one collective of a few float64 values; ``replicated`` (a
     sequence of bools aligned with ``grads``) marks grads every rank holds identically, counted
     once (see :mod:`fastclip.distributed`). Without a group, ``replicated`` is only checked.
+    ``foreach`` is torch's flag, accepted and checked (``None``/``True``/``False``): fastclip always
+    works on the whole list in one call. The result is a :class:`TotalNorm` (a ``float`` with
+    ``.item()``).
 
     Raises ``ValueError`` for ``norm_type`` <= 0 or NaN, ``TypeError`` for a non-number or an
     unsupported array, and ``RuntimeError`` if ``error_if_nonfinite`` and the total is NaN/inf.
@@ -52,11 +94,14 @@ def get_total_norm(
     >>> fc.get_total_norm([np.array([3.0, 0.0]), np.array([4.0])])
     5.0
     """
+    _foreach(foreach)
     if group is not None:
-        return _distributed.get_total_norm(grads, norm_type, error_if_nonfinite, group=group, replicated=replicated)
+        return TotalNorm(
+            _distributed.get_total_norm(grads, norm_type, error_if_nonfinite, group=group, replicated=replicated)
+        )
     if replicated is not None:
         grads = _distributed.single_process_items(grads, replicated)
-    return _total_norm(collect(grads), _norm_type(norm_type), error_if_nonfinite)
+    return TotalNorm(_total_norm(collect(grads), _norm_type(norm_type), error_if_nonfinite))
 
 
 def _refuse_nonfinite(total: float, p: float, error_if_nonfinite: bool) -> None:
@@ -87,7 +132,7 @@ def _coefficient(max_norm: float, total_norm: float) -> float:
     return coef if (coef < 1.0 or math.isnan(coef)) else 1.0
 
 
-def clip_grads_with_norm_(grads: Any, max_norm: float, total_norm: float) -> None:
+def clip_grads_with_norm_(grads: Any, max_norm: float, total_norm: float, foreach: bool | None = None) -> None:
     """Scale gradients in place given a precomputed total norm.
 
     ``g <- g * min(1, max_norm / (total_norm + 1e-6))`` for every gradient (the factor is rounded
@@ -98,6 +143,7 @@ def clip_grads_with_norm_(grads: Any, max_norm: float, total_norm: float) -> Non
     negative ``total_norm``, and for unsupported, read-only or overlapping buffers: before any
     buffer is modified.
     """
+    _foreach(foreach)
     m = _threshold(max_norm, "max_norm")
     t = _number(total_norm, "total_norm")
     if t < 0:
@@ -112,10 +158,11 @@ def clip_grad_norm_(
     max_norm: float,
     norm_type: float | str = 2.0,
     error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
     *,
     group: Any = None,
     replicated: Any = None,
-) -> float:
+) -> TotalNorm:
     """Clip gradients in place so that their total p-norm is at most ``max_norm``; return the
     total norm **before** clipping.
 
@@ -129,7 +176,8 @@ def clip_grad_norm_(
 
     ``group``/``replicated``: as in :func:`get_total_norm`; every rank scales its own grads by the
     factor of the global total, and an error on any rank is raised on every rank before any
-    gradient is modified.
+    gradient is modified. ``foreach`` and the result as in :func:`get_total_norm`; an exhausted
+    generator warns (``UserWarning``) as torch does.
 
     >>> import numpy as np, fastclip as fc
     >>> g = np.array([3.0, 4.0])
@@ -138,9 +186,19 @@ def clip_grad_norm_(
     >>> g.round(6)
     array([0.6, 0.8])
     """
+    _foreach(foreach)
+    grads = _warn_if_empty_generator(grads)
+    return TotalNorm(_clip_grad_norm(grads, max_norm, norm_type, error_if_nonfinite, group, replicated))
+
+
+def _clip_grad_norm(
+    grads: Any, max_norm: Any, norm_type: Any, error_if_nonfinite: bool, group: Any, replicated: Any
+) -> float:
     if group is not None:
-        return _distributed.clip_grad_norm_(
-            grads, max_norm, norm_type, error_if_nonfinite, group=group, replicated=replicated
+        return float(
+            _distributed.clip_grad_norm_(
+                grads, max_norm, norm_type, error_if_nonfinite, group=group, replicated=replicated
+            )
         )
     if replicated is not None:
         grads = _distributed.single_process_items(grads, replicated)
@@ -156,7 +214,7 @@ def clip_grad_norm_(
         # The fast path: one extension call checks the list once, measures, asks `coefficient`,
         # scales. It raises NotArrays (before touching anything) if an item is not an ndarray.
         try:
-            return _fastclip.norm_scale_(grads, p, coefficient)
+            return float(_fastclip.norm_scale_(grads, p, coefficient))
         except _fastclip.NotArrays:
             pass
     c = collect(grads)  # read a generator once; both passes use this list
@@ -170,7 +228,7 @@ def clip_grad_norm_(
     return total
 
 
-def clip_grad_value_(grads: Any, clip_value: float) -> None:
+def clip_grad_value_(grads: Any, clip_value: float, foreach: bool | None = None) -> None:
     """Clamp every gradient element to ``[-clip_value, clip_value]`` in place.
 
     ``g <- min(max(g, -v), v)`` with ``v`` rounded to each gradient's dtype; NaN stays NaN, +-inf
@@ -180,7 +238,8 @@ def clip_grad_value_(grads: Any, clip_value: float) -> None:
     and ``TypeError``/``ValueError`` for unsupported, read-only or overlapping buffers, before any
     buffer is modified.
     """
+    _foreach(foreach)
     v = _threshold(clip_value, "clip_value")
-    c = collect(grads)
+    c = collect(_warn_if_empty_generator(grads))
     if c.arrays:
         c.ops.clamp_(c.arrays, -v, v, "grads", c.positions)
