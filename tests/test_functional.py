@@ -64,9 +64,11 @@ def test_total_norm_docstring_example():
 
 
 def test_total_norm_returns_python_float():
+    # a float subclass (TotalNorm, with torch's .item()), never a NumPy scalar
     for g in (np.ones(3, np.float32), np.ones(3, np.float16), np.ones(3)):
-        assert type(fc.get_total_norm(g)) is float
-        assert type(fc.clip_grad_norm_(g, 10.0)) is float
+        for n in (fc.get_total_norm(g), fc.clip_grad_norm_(g, 10.0)):
+            assert type(n) is fc.functional.TotalNorm and isinstance(n, float) and not isinstance(n, np.generic)
+            assert type(n.item()) is float
 
 
 def test_total_norm_exact_tiny_cases():
